@@ -1,0 +1,212 @@
+"""Decoder and vocoder speed at the published model size (random weights), with a baseline.
+
+Measures, in one run on each available device:
+- LLMVoX speech tokens/s of our batched KV-cache decoder at batch 1, 8, 32, 64 (aggregate over
+  the batch), and of a baseline that mimics the original per-token loop (upstream_baseline.py);
+- WavTokenizer decode real-time factor (compute seconds per second of audio) for chunk sizes
+  the streaming schedule uses.
+Speed-ups are ratios against the baseline measured in the same run, since absolute numbers on
+shared machines are noisy. Random weights: the tokens are meaningless, the arithmetic is real.
+
+    python bench/decoder.py            # table + JSON file under bench/results/
+    python bench/decoder.py --json     # one JSON object on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from upstream_baseline import UpstreamStyleLoop
+
+from llmvox_tts.constants import HOP_LENGTH, SAMPLE_RATE
+from llmvox_tts.loading.bundle import random_decoder
+from llmvox_tts.model.byt5_tokenizer import ByT5Tokenizer
+from llmvox_tts.model.gpt import GPTConfig
+from llmvox_tts.model.speech_decoder import SpeechTokenDecoder
+from llmvox_tts.model.wavtokenizer import WavTokenizer, WavTokenizerConfig
+from llmvox_tts.model.wavtokenizer.random_init import random_wavtokenizer_state_dict
+
+PUBLISHED_GPT = GPTConfig(
+    n_layer=4, n_head=8, n_embd=768, block_size=8192, bias=False, vocab_size=4096
+)
+TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away."
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
+    """Median wall time of `repeats` runs (after one warm-up run)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_device(device: torch.device, args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    model = random_decoder(PUBLISHED_GPT, seed=0).to(device)
+    gen = torch.Generator().manual_seed(1)
+    text_table = torch.randn(386, 256, generator=gen).to(device)
+    wt_cfg = WavTokenizerConfig.published()
+    wavtokenizer = WavTokenizer(wt_cfg)
+    wavtokenizer.load_state_dict(random_wavtokenizer_state_dict(wt_cfg, seed=2))
+    wavtokenizer = wavtokenizer.to(device).eval()
+    codebook = wavtokenizer.codebook
+    text_ids = ByT5Tokenizer().encode_words(TEXT)
+    steps = args.steps
+
+    baseline = UpstreamStyleLoop(model, text_table, codebook)
+    base_tokens: list[int] = []
+
+    def run_baseline() -> None:
+        base_tokens[:] = baseline.generate(text_ids, steps)
+
+    base_s = best_of(run_baseline, args.repeats, device)
+    result: dict = {
+        "device": str(device),
+        "steps_per_sequence": steps,
+        "baseline_tokens_per_s": steps / base_s,
+        "decoder": [],
+        "wavtokenizer": [],
+    }
+
+    for batch in args.batches:
+        dec = SpeechTokenDecoder(
+            model, text_table, codebook, num_slots=batch, initial_capacity=steps
+        )
+        slots = list(range(batch))
+        first_row: list[int] = []
+
+        def run_ours(
+            dec: SpeechTokenDecoder = dec,
+            slots: list[int] = slots,
+            first_row: list[int] = first_row,
+        ) -> None:
+            for s in slots:
+                dec.start_segment(s)
+            first_row.clear()
+            for n in range(steps):
+                tid = text_ids[n] if n < len(text_ids) else 384
+                first_row.append(dec.step(slots, [tid] * len(slots))[0])
+
+        seconds = best_of(run_ours, args.repeats, device)
+        matches = first_row == base_tokens
+        result["decoder"].append(
+            {
+                "batch": batch,
+                "tokens_per_s": batch * steps / seconds,
+                "step_ms": 1000 * seconds / steps,
+                "same_tokens_as_baseline": matches,
+            }
+        )
+
+    for n_tokens in args.chunks:
+        codes = torch.randint(0, codebook.shape[0], (1, n_tokens), device=device)
+
+        def run_decode(codes: torch.Tensor = codes) -> None:
+            with torch.inference_mode():
+                wavtokenizer.decode(codes)
+
+        seconds = best_of(run_decode, args.repeats, device)
+        audio_s = n_tokens * HOP_LENGTH / SAMPLE_RATE
+        result["wavtokenizer"].append(
+            {
+                "tokens": n_tokens,
+                "seconds": seconds,
+                "real_time_factor": seconds / audio_s,
+            }
+        )
+
+    by_batch = {row["batch"]: row["tokens_per_s"] for row in result["decoder"]}
+    base = result["baseline_tokens_per_s"]
+    result["speedup_batch1"] = by_batch.get(1, 0.0) / base
+    result["speedup_batch32_aggregate"] = by_batch.get(32, 0.0) / base
+    return result
+
+
+def print_table(report: dict) -> None:
+    for res in report["devices"]:
+        print(
+            f"\n== {res['device']}  ({res['steps_per_sequence']} steps per sequence, "
+            f"published size, random weights)"
+        )
+        print(f"baseline (upstream-style loop, batch 1): {res['baseline_tokens_per_s']:9.1f} tok/s")
+        print(
+            f"{'batch':>6} {'tokens/s':>10} {'step ms':>8} {'x baseline':>11} {'same tokens':>12}"
+        )
+        for row in res["decoder"]:
+            ratio = row["tokens_per_s"] / res["baseline_tokens_per_s"]
+            print(
+                f"{row['batch']:>6} {row['tokens_per_s']:>10.1f} {row['step_ms']:>8.2f} "
+                f"{ratio:>10.2f}x {row['same_tokens_as_baseline']!s:>12}"
+            )
+        print(f"{'chunk':>6} {'decode s':>10} {'RTF':>8}   (WavTokenizer, batch 1)")
+        for row in res["wavtokenizer"]:
+            print(f"{row['tokens']:>6} {row['seconds']:>10.4f} {row['real_time_factor']:>8.4f}")
+        print(
+            f"speedup_batch1 = {res['speedup_batch1']:.2f}x   "
+            f"speedup_batch32_aggregate = {res['speedup_batch32_aggregate']:.2f}x"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--steps", type=int, default=150, help="decoder steps per sequence")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[10, 75, 270])
+    parser.add_argument(
+        "--devices", nargs="+", default=None, help="default: cpu, and cuda when available"
+    )
+    parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    devices = args.devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    report = {
+        "benchmark": "decoder",
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "devices": [bench_device(torch.device(d), args) for d in devices],
+    }
+    first = report["devices"][0]
+    report["speedup_batch1"] = first["speedup_batch1"]
+    report["speedup_batch32_aggregate"] = first["speedup_batch32_aggregate"]
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"decoder-{report['time'].replace(':', '')}.json"
+    out.write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report)
+        print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

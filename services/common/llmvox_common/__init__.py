@@ -1,0 +1,1 @@
+"""Shared pieces of the LLMVoX platform: settings, audio helpers, wire schemas."""

@@ -1,0 +1,1 @@
+"""LLMVoX gateway (FastAPI, WebSocket, upstream HTTP API). Built in a later issue."""

@@ -1,0 +1,1 @@
+"""LLMVoX LLM service (transformers streaming over gRPC). Built in a later issue."""

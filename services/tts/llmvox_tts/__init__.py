@@ -1,0 +1,1 @@
+"""LLMVoX text-to-speech: model core, streaming synthesis and (later) the replica pool."""

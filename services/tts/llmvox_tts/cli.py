@@ -1,0 +1,151 @@
+"""`llmvox-tts`: command-line entry points of the TTS package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from llmvox_common.audio import write_wav
+
+from .loading.bundle import UNTRAINED_WARNING, ModelBundle, build_tiny, load_published
+from .loading.hub import WeightsNotFoundError
+from .settings import ModelSettings
+from .streaming.sentence_stream import SynthesisLimits
+from .streaming.synthesizer import StreamingSynthesizer
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, defaults: ModelSettings) -> None:
+    g = parser.add_argument_group("models (env LLMVOX_TTS_<NAME>)")
+    g.add_argument(
+        "--profile",
+        choices=["published", "tiny"],
+        default=defaults.profile,
+        help="published weights, or tiny random-weight models (untrained noise)",
+    )
+    g.add_argument(
+        "--llmvox-checkpoint",
+        default=defaults.llmvox_checkpoint,
+        help="ckpt_english_tiny.pt: file, directory or hub id",
+    )
+    g.add_argument(
+        "--wavtokenizer-checkpoint",
+        default=defaults.wavtokenizer_checkpoint,
+        help="wavtokenizer_large_speech_320_24k.ckpt: file, directory or hub id",
+    )
+    g.add_argument(
+        "--wavtokenizer-config",
+        default=defaults.wavtokenizer_config,
+        help="WavTokenizer YAML (optional; sizes are read from the weights)",
+    )
+    g.add_argument(
+        "--text-model",
+        default=defaults.text_model,
+        help="charsiu ByT5 g2p model: directory or hub id",
+    )
+    g.add_argument("--device", default=defaults.device)
+    g.add_argument("--seed", type=int, default=defaults.seed, help="tiny profile seed")
+
+
+def load_models(args: argparse.Namespace) -> ModelBundle:
+    if args.profile == "tiny":
+        return build_tiny(seed=args.seed, device=args.device)
+    return load_published(
+        llmvox=args.llmvox_checkpoint,
+        wavtokenizer=args.wavtokenizer_checkpoint,
+        wavtokenizer_config=args.wavtokenizer_config,
+        text_model=args.text_model,
+        device=args.device,
+    )
+
+
+def synth(args: argparse.Namespace) -> int:
+    text = args.text if args.text is not None else sys.stdin.read()
+    if not text.strip():
+        print("error: no text to speak", file=sys.stderr)
+        return 2
+    if len(text) > args.max_text_chars:
+        print(
+            f"error: text has {len(text)} characters, more than --max-text-chars="
+            f"{args.max_text_chars}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        models = load_models(args)
+    except WeightsNotFoundError as error:
+        print(
+            f"error: {error}\n(use --profile tiny to try the pipeline without weights)",
+            file=sys.stderr,
+        )
+        return 2
+    if models.untrained:
+        print(f"WARNING: {UNTRAINED_WARNING}", file=sys.stderr)
+    synthesizer = StreamingSynthesizer(
+        models,
+        initial_dump_size=args.initial_dump_size,
+        max_dump_size=args.max_dump_size,
+        limits=SynthesisLimits(args.max_audio_length, args.max_tokens_per_text_id),
+    )
+    # Feed the text as an LLM would stream it: word pieces with their leading spaces.
+    words = text.split()
+    pieces = [words[0], *(" " + w for w in words[1:])]
+    audio = [chunk.pcm.numpy() for chunk in synthesizer.speak(pieces)]
+    samples = np.concatenate(audio) if audio else np.zeros(0, dtype=np.float32)
+    write_wav(args.out, samples)
+    stats = synthesizer.stats
+    ttfa = stats.time_to_first_audio
+    print(
+        f"wrote {args.out}: {samples.shape[0] / 24000:.2f} s of audio, "
+        f"{len(stats.sentences)} sentence(s), {stats.tokens} speech tokens"
+    )
+    print(
+        f"time to first audio chunk: {ttfa * 1000:.1f} ms"
+        if ttfa is not None
+        else "time to first audio chunk: no audio"
+    )
+    print(
+        f"speech tokens/s: {stats.tokens_per_second:.1f}  "
+        f"real-time factor: {stats.real_time_factor:.3f} (below 1 is faster than real time)"
+    )
+    for i, s in enumerate(stats.sentences):
+        note = "  <- stopped by the runaway guard" if s.stop_reason == "runaway" else ""
+        print(f"  sentence {i}: {s.tokens} tokens, stop: {s.stop_reason}{note}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = ModelSettings()
+    parser = argparse.ArgumentParser(prog="llmvox-tts", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("synth", help="speak a text into a WAV file")
+    p.add_argument("--text", help="text to speak (default: read standard input)")
+    p.add_argument("--out", default="out.wav", help="output WAV (24 kHz mono PCM16)")
+    add_model_arguments(p, defaults)
+    p.add_argument("--initial-dump-size", type=int, default=defaults.initial_dump_size)
+    p.add_argument("--max-dump-size", type=int, default=defaults.max_dump_size)
+    p.add_argument("--max-audio-length", type=int, default=defaults.max_audio_length)
+    p.add_argument(
+        "--max-tokens-per-text-id",
+        type=float,
+        default=defaults.max_tokens_per_text_id,
+        help="runaway guard: stop a sentence after this many tokens per text id",
+    )
+    p.add_argument("--max-text-chars", type=int, default=defaults.max_text_chars)
+    p.set_defaults(func=synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    torch.set_grad_enabled(False)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

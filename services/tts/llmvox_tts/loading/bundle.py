@@ -1,0 +1,138 @@
+"""The three models LLMVoX speaks with, loaded together: published weights or the tiny profile.
+
+The tiny profile builds small random-weight models with the published structure. They are
+untrained: what they say is noise, and every caller is told so (`ModelBundle.untrained`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..model.byt5_tokenizer import ByT5Tokenizer
+from ..model.gpt import GPTConfig, LLMVoXDecoder
+from ..model.text_embedding import resize_with_mean_rows
+from ..model.wavtokenizer import WavTokenizer, WavTokenizerConfig
+from ..model.wavtokenizer.random_init import random_wavtokenizer_state_dict
+from .hub import CHARSIU_REPO, LLMVOX_DECODER_FILE, LLMVOX_REPO, WAVTOKENIZER_FILE, resolve_file
+from .llmvox import load_llmvox_decoder
+from .text_embedding import load_text_table
+from .wavtokenizer import load_wavtokenizer
+
+log = logging.getLogger(__name__)
+
+UNTRAINED_WARNING = (
+    "tiny profile: small RANDOM-WEIGHT models (untrained); the audio is noise, "
+    "useful only to exercise the pipeline"
+)
+
+
+@dataclass
+class ModelBundle:
+    tokenizer: ByT5Tokenizer
+    text_table: torch.Tensor  # (386, D)
+    decoder: LLMVoXDecoder
+    wavtokenizer: WavTokenizer
+    untrained: bool
+    description: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.lm_head.weight.device
+
+    def to(self, device: str | torch.device) -> ModelBundle:
+        self.decoder.to(device)
+        self.wavtokenizer.to(device)
+        self.text_table = self.text_table.to(device)
+        return self
+
+
+def check_compatible(text_table: torch.Tensor, decoder: LLMVoXDecoder, wt: WavTokenizer) -> None:
+    codebook = wt.codebook
+    if text_table.shape[1] + codebook.shape[1] != decoder.config.n_embd:
+        raise ValueError(
+            f"text table width {text_table.shape[1]} + codebook width {codebook.shape[1]} != "
+            f"decoder n_embd {decoder.config.n_embd}: these checkpoints do not belong together"
+        )
+    if codebook.shape[0] != decoder.config.vocab_size:
+        raise ValueError(
+            f"codebook has {codebook.shape[0]} codes but the decoder predicts "
+            f"{decoder.config.vocab_size}"
+        )
+
+
+def load_published(
+    *,
+    llmvox: str | Path = LLMVOX_REPO,
+    wavtokenizer: str | Path = LLMVOX_REPO,
+    wavtokenizer_config: str | Path | None = None,
+    text_model: str | Path = CHARSIU_REPO,
+    device: str | torch.device = "cpu",
+) -> ModelBundle:
+    """Each source is a file, a directory holding the published file name, or a hub id."""
+    decoder_path = resolve_file(llmvox, LLMVOX_DECODER_FILE)
+    wt_path = resolve_file(wavtokenizer, WAVTOKENIZER_FILE)
+    decoder = load_llmvox_decoder(decoder_path)
+    wt = load_wavtokenizer(wt_path, wavtokenizer_config)
+    table = load_text_table(text_model)
+    check_compatible(table, decoder, wt)
+    bundle = ModelBundle(
+        tokenizer=ByT5Tokenizer(),
+        text_table=table,
+        decoder=decoder,
+        wavtokenizer=wt,
+        untrained=False,
+        description=f"published weights: {decoder_path.name}, {wt_path.name}, {text_model}",
+    )
+    return bundle.to(device)
+
+
+def tiny_gpt_config(codebook_dim: int, vocab_size: int, text_dim: int = 32) -> GPTConfig:
+    return GPTConfig(
+        n_layer=2,
+        n_head=4,
+        n_embd=text_dim + codebook_dim,
+        block_size=2048,
+        bias=False,
+        vocab_size=vocab_size,
+    )
+
+
+def random_decoder(cfg: GPTConfig, seed: int) -> LLMVoXDecoder:
+    generator = torch.Generator().manual_seed(seed)
+    model = LLMVoXDecoder(cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            elif param.dim() == 1:  # LayerNorm gains
+                param.fill_(1.0)
+            else:  # nanoGPT's initialisation
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    return model.eval()
+
+
+def build_tiny(seed: int = 0, device: str | torch.device = "cpu") -> ModelBundle:
+    """Random-weight models of the published structure, small enough for tests and demos."""
+    log.warning(UNTRAINED_WARNING)
+    # The real speech vocabulary (4096 codes), so EOA (453) and every code id stay meaningful.
+    wt_cfg = WavTokenizerConfig.tiny().replace(vq_bins=4096)
+    wt = WavTokenizer(wt_cfg)
+    wt.load_state_dict(random_wavtokenizer_state_dict(wt_cfg, seed=seed))
+    text_dim = 32
+    generator = torch.Generator().manual_seed(seed + 1)
+    table = resize_with_mean_rows(torch.randn(384, text_dim, generator=generator))
+    decoder = random_decoder(tiny_gpt_config(wt_cfg.codebook_dim, 4096, text_dim), seed + 2)
+    check_compatible(table, decoder, wt)
+    bundle = ModelBundle(
+        tokenizer=ByT5Tokenizer(),
+        text_table=table,
+        decoder=decoder,
+        wavtokenizer=wt.eval(),
+        untrained=True,
+        description=UNTRAINED_WARNING,
+    )
+    return bundle.to(device)

@@ -1,0 +1,233 @@
+"""The LLMVoX decoder: a nanoGPT-style transformer over continuous input vectors (MODEL_SPEC 3).
+
+Attribute names mirror the checkpoint keys (`transformer.h.0.attn.c_attn.weight`, ...), so a
+published state dict loads with no rename table. There is no token embedding (`wte`): each input
+row is a normalised concatenation of a text embedding and a speech codebook row (see inputs.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..constants import LOSS_IGNORE_INDEX
+from .kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int = 4
+    n_head: int = 8
+    n_embd: int = 768
+    block_size: int = 8192
+    bias: bool = False
+    vocab_size: int = 4096
+    dropout: float = 0.0
+
+    REQUIRED = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+
+    @classmethod
+    def from_model_args(cls, model_args: Mapping[str, Any]) -> GPTConfig:
+        missing = [k for k in cls.REQUIRED if k not in model_args]
+        if missing:
+            raise KeyError(f"checkpoint model_args lacks {missing}")
+        cfg = cls(
+            n_layer=int(model_args["n_layer"]),
+            n_head=int(model_args["n_head"]),
+            n_embd=int(model_args["n_embd"]),
+            block_size=int(model_args["block_size"]),
+            bias=bool(model_args["bias"]),
+            vocab_size=int(model_args["vocab_size"]),
+            dropout=float(model_args.get("dropout", 0.0) or 0.0),
+        )
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
+        return cfg
+
+    def to_model_args(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm whose bias is optional, as in nanoGPT (`bias=False` checkpoints have none)."""
+
+    def __init__(self, dim: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.n_embd = cfg.n_embd
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # (..., 3E) -> three (..., H, hd)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=-1)
+        shape = (*x.shape[:-1], self.n_head, self.n_embd // self.n_head)
+        return q.view(shape), k.view(shape), v.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Full sequence, causal: x (B, T, E) -> (B, T, E)."""
+        q, k, v = self._heads(x)  # each (B, T, H, hd)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=True,
+        )  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(x.shape)
+        return self.resid_dropout(self.c_proj(y))
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        slots: list[int] | None,
+        positions: torch.Tensor,
+        span: int,
+    ) -> torch.Tensor:
+        """One new row per slot: x (N, E); keys/values this layer's cache (S, H, cap, hd)."""
+        q, k, v = self._heads(x)  # each (N, H, hd)
+        if slots is None:
+            rows = torch.arange(x.shape[0], device=x.device)
+            keys[rows, :, positions] = k
+            values[rows, :, positions] = v
+            k_all, v_all = keys[: x.shape[0], :, :span], values[: x.shape[0], :, :span]
+        else:
+            index = torch.as_tensor(slots, device=x.device)
+            keys[index, :, positions] = k
+            values[index, :, positions] = v
+            k_all, v_all = keys[index, :, :span], values[index, :, :span]  # (N, H, span, hd)
+        # Each row sees its own past only: positions beyond its length hold stale values.
+        visible = torch.arange(span, device=x.device)[None, :] <= positions[:, None]  # (N, span)
+        y = F.scaled_dot_product_attention(
+            q.unsqueeze(2), k_all, v_all, attn_mask=visible[:, None, None, :]
+        )  # (N, H, 1, hd)
+        return self.c_proj(y.reshape(x.shape))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class LLMVoXDecoder(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(
+            {
+                "wpe": nn.Embedding(cfg.block_size, cfg.n_embd),
+                "drop": nn.Dropout(cfg.dropout),
+                "h": nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                "ln_f": LayerNorm(cfg.n_embd, cfg.bias),
+            }
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training path. x (B, T, E) normalised input rows; targets (B, T) with -1000 = ignore.
+
+        With targets: logits for every position and the mean cross-entropy. Without: only the
+        last position's logits, (B, 1, V), as nanoGPT returns them.
+        """
+        _, t, _ = x.shape
+        if t > self.config.block_size:
+            raise ValueError(f"sequence of {t} rows exceeds block_size={self.config.block_size}")
+        pos = torch.arange(t, device=x.device)
+        h = self.transformer.drop(x + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            h = block(h)
+        h = self.transformer.ln_f(h)
+        if targets is None:
+            return self.lm_head(h[:, -1:, :]), None
+        logits = self.lm_head(h)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=LOSS_IGNORE_INDEX,
+        )
+        return logits, loss
+
+    def new_cache(
+        self, num_slots: int, *, initial_capacity: int = 256, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        weight = self.lm_head.weight
+        return KVCache(
+            n_layer=self.config.n_layer,
+            n_head=self.config.n_head,
+            head_dim=self.config.head_dim,
+            num_slots=num_slots,
+            max_positions=self.config.block_size,
+            initial_capacity=initial_capacity,
+            dtype=dtype or weight.dtype,
+            device=weight.device,
+        )
+
+    def decode_step(
+        self, x: torch.Tensor, cache: KVCache, slots: list[int] | None = None
+    ) -> torch.Tensor:
+        """Serving path: one new input row per sequence, x (N, E) -> logits (N, V).
+
+        `slots` names the cache row of each input (None: rows 0..N-1 of the cache). Each
+        sequence's row goes to position = its cache length, as upstream's growing-input loop
+        does (MODEL_SPEC 3.4), at O(1) input cost per step.
+        """
+        if slots is None and x.shape[0] != cache.num_slots:
+            slots = list(range(x.shape[0]))
+        span = cache.reserve(slots)
+        positions = cache.positions(slots)
+        h = x + self.transformer.wpe(positions)
+        for layer, block in enumerate(self.transformer.h):
+            h = h + block.attn.decode(
+                block.ln_1(h), cache.keys[layer], cache.values[layer], slots, positions, span
+            )
+            h = h + block.mlp(block.ln_2(h))
+        cache.advance(slots)
+        return self.lm_head(self.transformer.ln_f(h))
+
+    def num_parameters(self, include_positions: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if include_positions else n - self.transformer.wpe.weight.numel()

@@ -1,0 +1,69 @@
+"""Greedy speech-token decoding of many independent segments at once (MODEL_SPEC 3.4, 3.5, 4).
+
+Each slot is one segment: it starts with an empty cache at position 0 and a zero speech frame,
+then each step feeds one text id and the codebook row of the slot's previous token. Slots step
+together in one batched decoder call, whatever their lengths.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .gpt import LLMVoXDecoder
+from .inputs import InputBuilder
+
+
+class SpeechTokenDecoder:
+    def __init__(
+        self,
+        decoder: LLMVoXDecoder,
+        text_table: torch.Tensor,
+        codebook: torch.Tensor,
+        num_slots: int,
+        *,
+        initial_capacity: int = 256,
+    ) -> None:
+        width = text_table.shape[1] + codebook.shape[1]
+        if width != decoder.config.n_embd:
+            raise ValueError(
+                f"text width {text_table.shape[1]} + codebook width {codebook.shape[1]} = {width} "
+                f"but the decoder's n_embd is {decoder.config.n_embd}"
+            )
+        if codebook.shape[0] != decoder.config.vocab_size:
+            raise ValueError(
+                f"codebook has {codebook.shape[0]} rows but the decoder predicts "
+                f"{decoder.config.vocab_size} tokens"
+            )
+        weight = decoder.lm_head.weight
+        self.decoder = decoder
+        self.inputs = InputBuilder(
+            text_table.to(weight.device, weight.dtype), codebook.to(weight.device, weight.dtype)
+        )
+        self.cache = decoder.new_cache(num_slots, initial_capacity=initial_capacity)
+        self.device = weight.device
+        self._prev = torch.full((num_slots,), -1, dtype=torch.long, device=self.device)
+
+    @property
+    def num_slots(self) -> int:
+        return self.cache.num_slots
+
+    def lengths(self, slot: int) -> int:
+        return self.cache.lengths[slot]
+
+    def start_segment(self, slot: int) -> None:
+        self.cache.reset(slot)
+        self._prev[slot] = -1
+
+    @torch.inference_mode()
+    def step(self, slots: list[int], text_ids: list[int]) -> list[int]:
+        """One decoder step for each slot; returns each slot's greedy token."""
+        if len(slots) != len(text_ids):
+            raise ValueError("one text id per slot")
+        index = torch.as_tensor(slots, device=self.device)
+        ids = torch.as_tensor(text_ids, device=self.device)
+        x = self.inputs(ids, self._prev[index])
+        all_slots = len(slots) == self.num_slots and slots == list(range(self.num_slots))
+        logits = self.decoder.decode_step(x, self.cache, None if all_slots else slots)
+        tokens = logits.argmax(dim=-1)  # first maximal index on ties, like upstream
+        self._prev[index] = tokens
+        return tokens.tolist()

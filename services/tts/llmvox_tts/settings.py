@@ -1,0 +1,34 @@
+"""Model settings of the TTS service: one name per setting across env vars and CLI flags."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .constants import (
+    DEFAULT_INITIAL_DUMP_SIZE_1,
+    DEFAULT_MAX_AUDIO_LENGTH,
+    DEFAULT_MAX_DUMP_SIZE,
+)
+from .loading.hub import CHARSIU_REPO, LLMVOX_REPO
+
+
+class ModelSettings(BaseSettings):
+    """Where the weights come from and how a sentence is bounded (env prefix LLMVOX_TTS_)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMVOX_TTS_", extra="ignore")
+
+    profile: Literal["published", "tiny"] = "published"
+    llmvox_checkpoint: str = Field(LLMVOX_REPO, description="file, directory or hub id")
+    wavtokenizer_checkpoint: str = Field(LLMVOX_REPO, description="file, directory or hub id")
+    wavtokenizer_config: str | None = Field(None, description="WavTokenizer YAML (optional)")
+    text_model: str = Field(CHARSIU_REPO, description="charsiu ByT5 g2p: directory or hub id")
+    device: str = "cpu"
+    seed: int = 0  # tiny profile only
+    initial_dump_size: int = Field(DEFAULT_INITIAL_DUMP_SIZE_1, ge=1)
+    max_dump_size: int = Field(DEFAULT_MAX_DUMP_SIZE, ge=1)
+    max_audio_length: int = Field(DEFAULT_MAX_AUDIO_LENGTH, ge=1)
+    max_tokens_per_text_id: float = Field(12.0, gt=0)
+    max_text_chars: int = Field(4000, ge=1)
