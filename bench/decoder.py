@@ -5,8 +5,10 @@ Measures, in one run on each available device:
   the batch), and of a baseline that mimics the original per-token loop (upstream_baseline.py);
 - WavTokenizer decode real-time factor (compute seconds per second of audio) for chunk sizes
   the streaming schedule uses.
-Speed-ups are ratios against the baseline measured in the same run, since absolute numbers on
-shared machines are noisy. Random weights: the tokens are meaningless, the arithmetic is real.
+Our decoder runs in each precision (fp32 = the original numbers; bf16; int8 on CPUs); each row
+reports the share of greedy tokens that agree with fp32 under teacher forcing. Speed-ups are
+ratios against the baseline measured in the same run, since absolute numbers on shared machines
+are noisy. Random weights: the tokens are meaningless, the arithmetic is real.
 
     python bench/decoder.py            # table + JSON file under bench/results/
     python bench/decoder.py --json     # one JSON object on stdout
@@ -33,7 +35,9 @@ from upstream_baseline import UpstreamStyleLoop
 from llmvox_tts.constants import HOP_LENGTH, SAMPLE_RATE
 from llmvox_tts.loading.bundle import random_decoder
 from llmvox_tts.model.byt5_tokenizer import ByT5Tokenizer
-from llmvox_tts.model.gpt import GPTConfig
+from llmvox_tts.model.gpt import GPTConfig, LLMVoXDecoder
+from llmvox_tts.model.inputs import InputBuilder
+from llmvox_tts.model.precision import PRECISIONS, with_precision
 from llmvox_tts.model.speech_decoder import SpeechTokenDecoder
 from llmvox_tts.model.wavtokenizer import WavTokenizer, WavTokenizerConfig
 from llmvox_tts.model.wavtokenizer.random_init import random_wavtokenizer_state_dict
@@ -62,6 +66,26 @@ def best_of(fn: Callable[[], None], repeats: int, device: torch.device) -> float
     return statistics.median(times)
 
 
+def teacher_forced_agreement(
+    reference: LLMVoXDecoder,
+    other: torch.nn.Module,
+    builder: InputBuilder,
+    text_ids: list[int],
+    tokens: list[int],
+) -> float:
+    """Share of steps where `other` picks the same greedy token as `reference`, both reading
+    the reference's token history (so one early difference does not count twice)."""
+    steps = len(tokens)
+    ids = torch.tensor([text_ids[n] if n < len(text_ids) else 384 for n in range(steps)])
+    prev = torch.tensor([builder.zero_row, *tokens[:-1]])
+    x = builder.rows(ids.to(builder.codebook.device), prev.to(builder.codebook.device))[None]
+    dummy = torch.zeros(1, steps, dtype=torch.long, device=x.device)
+    ref, _ = reference(x, dummy)
+    dtype = other.transformer.wpe.weight.dtype
+    got, _ = other(x.to(dtype), dummy)
+    return (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+
+
 def bench_device(device: torch.device, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = random_decoder(PUBLISHED_GPT, seed=0).to(device)
@@ -82,43 +106,53 @@ def bench_device(device: torch.device, args: argparse.Namespace) -> dict:
         base_tokens[:] = baseline.generate(text_ids, steps)
 
     base_s = best_of(run_baseline, args.repeats, device)
+    base_rate = steps / base_s
     result: dict = {
         "device": str(device),
         "steps_per_sequence": steps,
-        "baseline_tokens_per_s": steps / base_s,
+        "baseline_tokens_per_s": base_rate,
         "decoder": [],
         "wavtokenizer": [],
     }
 
-    for batch in args.batches:
-        dec = SpeechTokenDecoder(
-            model, text_table, codebook, num_slots=batch, initial_capacity=steps
-        )
-        slots = list(range(batch))
-        first_row: list[int] = []
+    precisions = [p for p in args.precisions if device.type == "cpu" or p != "int8"]
+    builder = InputBuilder(text_table, codebook)
+    for precision in precisions:
+        variant = with_precision(model, precision)
+        batches = args.batches if precision == "fp32" else [b for b in args.batches if b in (1, 32)]
+        agreement = teacher_forced_agreement(model, variant, builder, text_ids, base_tokens)
+        for batch in batches:
+            dec = SpeechTokenDecoder(
+                variant, text_table, codebook, num_slots=batch, initial_capacity=steps
+            )
+            slots = list(range(batch))
+            first_row: list[int] = []
 
-        def run_ours(
-            dec: SpeechTokenDecoder = dec,
-            slots: list[int] = slots,
-            first_row: list[int] = first_row,
-        ) -> None:
-            for s in slots:
-                dec.start_segment(s)
-            first_row.clear()
-            for n in range(steps):
-                tid = text_ids[n] if n < len(text_ids) else 384
-                first_row.append(dec.step(slots, [tid] * len(slots))[0])
+            def run_ours(
+                dec: SpeechTokenDecoder = dec,
+                slots: list[int] = slots,
+                first_row: list[int] = first_row,
+            ) -> None:
+                for s in slots:
+                    dec.start_segment(s)
+                first_row.clear()
+                for n in range(steps):
+                    tid = text_ids[n] if n < len(text_ids) else 384
+                    first_row.append(dec.step(slots, [tid] * len(slots))[0])
 
-        seconds = best_of(run_ours, args.repeats, device)
-        matches = first_row == base_tokens
-        result["decoder"].append(
-            {
-                "batch": batch,
-                "tokens_per_s": batch * steps / seconds,
-                "step_ms": 1000 * seconds / steps,
-                "same_tokens_as_baseline": matches,
-            }
-        )
+            seconds = best_of(run_ours, args.repeats, device)
+            rate = batch * steps / seconds
+            result["decoder"].append(
+                {
+                    "precision": precision,
+                    "batch": batch,
+                    "tokens_per_s": rate,
+                    "step_ms": 1000 * seconds / steps,
+                    "speedup": rate / base_rate,
+                    "same_tokens_as_baseline": first_row == base_tokens,
+                    "teacher_forced_token_agreement": agreement,
+                }
+            )
 
     for n_tokens in args.chunks:
         codes = torch.randint(0, codebook.shape[0], (1, n_tokens), device=device)
@@ -137,10 +171,22 @@ def bench_device(device: torch.device, args: argparse.Namespace) -> dict:
             }
         )
 
-    by_batch = {row["batch"]: row["tokens_per_s"] for row in result["decoder"]}
-    base = result["baseline_tokens_per_s"]
-    result["speedup_batch1"] = by_batch.get(1, 0.0) / base
-    result["speedup_batch32_aggregate"] = by_batch.get(32, 0.0) / base
+    def speedup(precision: str, batch: int) -> float | None:
+        rows = [r for r in result["decoder"] if (r["precision"], r["batch"]) == (precision, batch)]
+        return rows[0]["speedup"] if rows else None
+
+    result["speedups"] = {
+        p: {"batch1": speedup(p, 1), "batch32_aggregate": speedup(p, 32)} for p in precisions
+    }
+    # Headline figures: exact fp32, and the fastest precision with its name.
+    best1 = max(precisions, key=lambda p: speedup(p, 1) or 0.0)
+    best32 = max(precisions, key=lambda p: speedup(p, 32) or 0.0)
+    result["speedup_batch1_fp32"] = speedup("fp32", 1)
+    result["speedup_batch32_aggregate_fp32"] = speedup("fp32", 32)
+    result["speedup_batch1"] = speedup(best1, 1)
+    result["speedup_batch1_precision"] = best1
+    result["speedup_batch32_aggregate"] = speedup(best32, 32)
+    result["speedup_batch32_aggregate_precision"] = best32
     return result
 
 
@@ -148,24 +194,34 @@ def print_table(report: dict) -> None:
     for res in report["devices"]:
         print(
             f"\n== {res['device']}  ({res['steps_per_sequence']} steps per sequence, "
-            f"published size, random weights)"
+            "published size, random weights)"
         )
-        print(f"baseline (upstream-style loop, batch 1): {res['baseline_tokens_per_s']:9.1f} tok/s")
         print(
-            f"{'batch':>6} {'tokens/s':>10} {'step ms':>8} {'x baseline':>11} {'same tokens':>12}"
+            f"baseline (upstream-style loop, fp32, batch 1): "
+            f"{res['baseline_tokens_per_s']:.1f} tok/s"
+        )
+        print(
+            f"{'precision':>9} {'batch':>6} {'tokens/s':>10} {'step ms':>8} "
+            f"{'x baseline':>11} {'same tokens':>12} {'agreement':>10}"
         )
         for row in res["decoder"]:
-            ratio = row["tokens_per_s"] / res["baseline_tokens_per_s"]
             print(
-                f"{row['batch']:>6} {row['tokens_per_s']:>10.1f} {row['step_ms']:>8.2f} "
-                f"{ratio:>10.2f}x {row['same_tokens_as_baseline']!s:>12}"
+                f"{row['precision']:>9} {row['batch']:>6} {row['tokens_per_s']:>10.1f} "
+                f"{row['step_ms']:>8.2f} {row['speedup']:>10.2f}x "
+                f"{row['same_tokens_as_baseline']!s:>12} "
+                f"{row['teacher_forced_token_agreement']:>10.3f}"
             )
-        print(f"{'chunk':>6} {'decode s':>10} {'RTF':>8}   (WavTokenizer, batch 1)")
+        print(f"{'chunk':>9} {'decode s':>10} {'RTF':>8}   (WavTokenizer fp32, batch 1)")
         for row in res["wavtokenizer"]:
-            print(f"{row['tokens']:>6} {row['seconds']:>10.4f} {row['real_time_factor']:>8.4f}")
+            print(f"{row['tokens']:>9} {row['seconds']:>10.4f} {row['real_time_factor']:>8.4f}")
         print(
-            f"speedup_batch1 = {res['speedup_batch1']:.2f}x   "
-            f"speedup_batch32_aggregate = {res['speedup_batch32_aggregate']:.2f}x"
+            f"fp32 (exact): batch 1 {res['speedup_batch1_fp32']:.2f}x, batch 32 aggregate "
+            f"{res['speedup_batch32_aggregate_fp32']:.2f}x"
+        )
+        print(
+            f"speedup_batch1 = {res['speedup_batch1']:.2f}x ({res['speedup_batch1_precision']})"
+            f"   speedup_batch32_aggregate = {res['speedup_batch32_aggregate']:.2f}x "
+            f"({res['speedup_batch32_aggregate_precision']})"
         )
 
 
@@ -177,6 +233,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=150, help="decoder steps per sequence")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument(
+        "--precisions", nargs="+", default=["fp32", "bf16", "int8"], choices=list(PRECISIONS)
+    )
     parser.add_argument("--chunks", type=int, nargs="+", default=[10, 75, 270])
     parser.add_argument(
         "--devices", nargs="+", default=None, help="default: cpu, and cuda when available"
@@ -194,8 +253,15 @@ def main() -> int:
         "devices": [bench_device(torch.device(d), args) for d in devices],
     }
     first = report["devices"][0]
-    report["speedup_batch1"] = first["speedup_batch1"]
-    report["speedup_batch32_aggregate"] = first["speedup_batch32_aggregate"]
+    for key in (
+        "speedup_batch1",
+        "speedup_batch1_precision",
+        "speedup_batch32_aggregate",
+        "speedup_batch32_aggregate_precision",
+        "speedup_batch1_fp32",
+        "speedup_batch32_aggregate_fp32",
+    ):
+        report[key] = first[key]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"decoder-{report['time'].replace(':', '')}.json"

@@ -14,6 +14,7 @@ from llmvox_common.audio import write_wav
 
 from .loading.bundle import UNTRAINED_WARNING, ModelBundle, build_tiny, load_published
 from .loading.hub import WeightsNotFoundError
+from .model.precision import PRECISIONS
 from .settings import ModelSettings
 from .streaming.sentence_stream import SynthesisLimits
 from .streaming.synthesizer import StreamingSynthesizer
@@ -48,18 +49,25 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: ModelSettings
         help="charsiu ByT5 g2p model: directory or hub id",
     )
     g.add_argument("--device", default=defaults.device)
+    g.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default=defaults.precision,
+        help="decoder weights: fp32 (exact), bf16/fp16 (GPU), int8 (CPU)",
+    )
     g.add_argument("--seed", type=int, default=defaults.seed, help="tiny profile seed")
 
 
 def load_models(args: argparse.Namespace) -> ModelBundle:
     if args.profile == "tiny":
-        return build_tiny(seed=args.seed, device=args.device)
+        return build_tiny(seed=args.seed, device=args.device, precision=args.precision)
     return load_published(
         llmvox=args.llmvox_checkpoint,
         wavtokenizer=args.wavtokenizer_checkpoint,
         wavtokenizer_config=args.wavtokenizer_config,
         text_model=args.text_model,
         device=args.device,
+        precision=args.precision,
     )
 
 

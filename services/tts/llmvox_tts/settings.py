@@ -26,6 +26,9 @@ class ModelSettings(BaseSettings):
     wavtokenizer_config: str | None = Field(None, description="WavTokenizer YAML (optional)")
     text_model: str = Field(CHARSIU_REPO, description="charsiu ByT5 g2p: directory or hub id")
     device: str = "cpu"
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+        "fp32", description="decoder weights; fp32 reproduces the original numbers"
+    )
     seed: int = 0  # tiny profile only
     initial_dump_size: int = Field(DEFAULT_INITIAL_DUMP_SIZE_1, ge=1)
     max_dump_size: int = Field(DEFAULT_MAX_DUMP_SIZE, ge=1)

@@ -14,6 +14,7 @@ import torch
 
 from ..model.byt5_tokenizer import ByT5Tokenizer
 from ..model.gpt import GPTConfig, LLMVoXDecoder
+from ..model.precision import with_precision
 from ..model.text_embedding import resize_with_mean_rows
 from ..model.wavtokenizer import WavTokenizer, WavTokenizerConfig
 from ..model.wavtokenizer.random_init import random_wavtokenizer_state_dict
@@ -41,12 +42,15 @@ class ModelBundle:
 
     @property
     def device(self) -> torch.device:
-        return self.decoder.lm_head.weight.device
+        return self.decoder.transformer.wpe.weight.device
 
-    def to(self, device: str | torch.device) -> ModelBundle:
-        self.decoder.to(device)
+    def to(self, device: str | torch.device, precision: str = "fp32") -> ModelBundle:
+        """Move to `device`; the decoder then takes `precision` (see model/precision.py)."""
+        self.decoder = with_precision(self.decoder.to(device), precision)
         self.wavtokenizer.to(device)
         self.text_table = self.text_table.to(device)
+        if precision != "fp32":
+            self.description += f" (decoder in {precision})"
         return self
 
 
@@ -71,6 +75,7 @@ def load_published(
     wavtokenizer_config: str | Path | None = None,
     text_model: str | Path = CHARSIU_REPO,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> ModelBundle:
     """Each source is a file, a directory holding the published file name, or a hub id."""
     decoder_path = resolve_file(llmvox, LLMVOX_DECODER_FILE)
@@ -87,7 +92,7 @@ def load_published(
         untrained=False,
         description=f"published weights: {decoder_path.name}, {wt_path.name}, {text_model}",
     )
-    return bundle.to(device)
+    return bundle.to(device, precision)
 
 
 def tiny_gpt_config(codebook_dim: int, vocab_size: int, text_dim: int = 32) -> GPTConfig:
@@ -115,7 +120,9 @@ def random_decoder(cfg: GPTConfig, seed: int) -> LLMVoXDecoder:
     return model.eval()
 
 
-def build_tiny(seed: int = 0, device: str | torch.device = "cpu") -> ModelBundle:
+def build_tiny(
+    seed: int = 0, device: str | torch.device = "cpu", precision: str = "fp32"
+) -> ModelBundle:
     """Random-weight models of the published structure, small enough for tests and demos."""
     log.warning(UNTRAINED_WARNING)
     # The real speech vocabulary (4096 codes), so EOA (453) and every code id stay meaningful.
@@ -135,4 +142,4 @@ def build_tiny(seed: int = 0, device: str | torch.device = "cpu") -> ModelBundle
         untrained=True,
         description=UNTRAINED_WARNING,
     )
-    return bundle.to(device)
+    return bundle.to(device, precision)

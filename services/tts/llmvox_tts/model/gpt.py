@@ -7,6 +7,7 @@ row is a normalised concatenation of a text embedding and a speech codebook row 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..constants import LOSS_IGNORE_INDEX
-from .kv_cache import KVCache
+from .attention import causal_attention
+from .kv_cache import KVCache, StepIndex
 
 
 @dataclass(frozen=True)
@@ -88,42 +90,41 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Full sequence, causal: x (B, T, E) -> (B, T, E)."""
         q, k, v = self._heads(x)  # each (B, T, H, hd)
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=True,
-        )  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(x.shape)
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+        y = y.reshape(x.shape)
         return self.resid_dropout(self.c_proj(y))
 
     def decode(
-        self,
-        x: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        slots: list[int] | None,
-        positions: torch.Tensor,
-        span: int,
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: StepIndex
     ) -> torch.Tensor:
-        """One new row per slot: x (N, E); keys/values this layer's cache (S, H, cap, hd)."""
+        """One new row per sequence: x (N, E); keys/values: this layer's cache (S, H, cap, hd)."""
         q, k, v = self._heads(x)  # each (N, H, hd)
-        if slots is None:
-            rows = torch.arange(x.shape[0], device=x.device)
-            keys[rows, :, positions] = k
-            values[rows, :, positions] = v
-            k_all, v_all = keys[: x.shape[0], :, :span], values[: x.shape[0], :, :span]
+        k, v = k.to(keys.dtype), v.to(values.dtype)
+        n = x.shape[0]
+        if step.contiguous and step.shared_position is not None:
+            keys[:n, :, step.shared_position] = k
+            values[:n, :, step.shared_position] = v
         else:
-            index = torch.as_tensor(slots, device=x.device)
-            keys[index, :, positions] = k
-            values[index, :, positions] = v
-            k_all, v_all = keys[index, :, :span], values[index, :, :span]  # (N, H, span, hd)
-        # Each row sees its own past only: positions beyond its length hold stale values.
-        visible = torch.arange(span, device=x.device)[None, :] <= positions[:, None]  # (N, span)
-        y = F.scaled_dot_product_attention(
-            q.unsqueeze(2), k_all, v_all, attn_mask=visible[:, None, None, :]
-        )  # (N, H, 1, hd)
+            keys[step.rows, :, step.positions] = k
+            values[step.rows, :, step.positions] = v
+        if step.contiguous:
+            k_all = keys[:n, :, : step.span]  # (N, H, span, hd), a view
+            v_all = values[:n, :, : step.span]
+        else:
+            k_all = keys[step.rows, :, : step.span]  # gathered copy
+            v_all = values[step.rows, :, : step.span]
+        q = q.to(keys.dtype).unsqueeze(2)  # (N, H, 1, hd)
+        if x.device.type == "cuda":
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=step.visible)
+        else:
+            # One query per row: two small matmuls beat the fused CPU kernel, which
+            # parallelises over query blocks that do not exist when decoding.
+            scores = torch.matmul(q, k_all.transpose(-1, -2))  # (N, H, 1, span)
+            scores = scores * (1.0 / math.sqrt(q.shape[-1]))
+            if step.visible is not None:
+                scores = scores.masked_fill(~step.visible, float("-inf"))
+            y = torch.matmul(scores.softmax(dim=-1), v_all)  # (N, H, 1, hd)
+        y = y.to(x.dtype)
         return self.c_proj(y.reshape(x.shape))
 
 
@@ -135,7 +136,10 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.project(x))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
 class Block(nn.Module):
@@ -194,7 +198,12 @@ class LLMVoXDecoder(nn.Module):
     def new_cache(
         self, num_slots: int, *, initial_capacity: int = 256, dtype: torch.dtype | None = None
     ) -> KVCache:
-        weight = self.lm_head.weight
+        # wpe: a plain table whatever happens to the Linear layers (quantisation, compile).
+        weight = self.transformer.wpe.weight
+        if dtype is None:
+            # CPUs run attention fastest in float32 whatever the weights are; GPUs keep the
+            # cache in the weights' dtype for their fused kernels.
+            dtype = weight.dtype if weight.device.type == "cuda" else torch.float32
         return KVCache(
             n_layer=self.config.n_layer,
             n_head=self.config.n_head,
@@ -202,7 +211,7 @@ class LLMVoXDecoder(nn.Module):
             num_slots=num_slots,
             max_positions=self.config.block_size,
             initial_capacity=initial_capacity,
-            dtype=dtype or weight.dtype,
+            dtype=dtype,
             device=weight.device,
         )
 
@@ -215,17 +224,12 @@ class LLMVoXDecoder(nn.Module):
         sequence's row goes to position = its cache length, as upstream's growing-input loop
         does (MODEL_SPEC 3.4), at O(1) input cost per step.
         """
-        if slots is None and x.shape[0] != cache.num_slots:
-            slots = list(range(x.shape[0]))
-        span = cache.reserve(slots)
-        positions = cache.positions(slots)
-        h = x + self.transformer.wpe(positions)
+        step = cache.prepare(slots, x.shape[0])
+        h = x + self.transformer.wpe(step.positions)
         for layer, block in enumerate(self.transformer.h):
-            h = h + block.attn.decode(
-                block.ln_1(h), cache.keys[layer], cache.values[layer], slots, positions, span
-            )
-            h = h + block.mlp(block.ln_2(h))
-        cache.advance(slots)
+            h = h + block.attn.decode(block.ln_1(h), cache.keys[layer], cache.values[layer], step)
+            h = h + block.mlp.project(block.ln_2(h))
+        cache.advance(step)
         return self.lm_head(self.transformer.ln_f(h))
 
     def num_parameters(self, include_positions: bool = True) -> int:

@@ -32,4 +32,8 @@ class InputBuilder:
 
     def __call__(self, text_ids: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
         prev = torch.where(prev_tokens < 0, self.zero_row, prev_tokens)
-        return decoder_input(self.text_table[text_ids], self.codebook[prev])
+        return self.rows(text_ids, prev)
+
+    def rows(self, text_ids: torch.Tensor, codebook_rows: torch.Tensor) -> torch.Tensor:
+        """Like calling, with speech given as codebook rows (`zero_row` for the zero frame)."""
+        return decoder_input(self.text_table[text_ids], self.codebook[codebook_rows])

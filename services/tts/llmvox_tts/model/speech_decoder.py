@@ -34,14 +34,19 @@ class SpeechTokenDecoder:
                 f"codebook has {codebook.shape[0]} rows but the decoder predicts "
                 f"{decoder.config.vocab_size} tokens"
             )
-        weight = decoder.lm_head.weight
+        weight = decoder.transformer.wpe.weight
         self.decoder = decoder
         self.inputs = InputBuilder(
             text_table.to(weight.device, weight.dtype), codebook.to(weight.device, weight.dtype)
         )
         self.cache = decoder.new_cache(num_slots, initial_capacity=initial_capacity)
         self.device = weight.device
-        self._prev = torch.full((num_slots,), -1, dtype=torch.long, device=self.device)
+        # Previous token of each slot as a row of the input builder's codebook, whose extra
+        # last row is the zero frame of a segment's first step.
+        self._prev = torch.full(
+            (num_slots,), self.inputs.zero_row, dtype=torch.long, device=self.device
+        )
+        self._all_slots = torch.arange(num_slots, device=self.device)
 
     @property
     def num_slots(self) -> int:
@@ -52,18 +57,21 @@ class SpeechTokenDecoder:
 
     def start_segment(self, slot: int) -> None:
         self.cache.reset(slot)
-        self._prev[slot] = -1
+        self._prev[slot] = self.inputs.zero_row
 
     @torch.inference_mode()
     def step(self, slots: list[int], text_ids: list[int]) -> list[int]:
         """One decoder step for each slot; returns each slot's greedy token."""
         if len(slots) != len(text_ids):
             raise ValueError("one text id per slot")
-        index = torch.as_tensor(slots, device=self.device)
+        contiguous = slots == list(range(len(slots)))
+        if contiguous:
+            index = self._all_slots[: len(slots)]
+        else:
+            index = torch.as_tensor(slots, device=self.device)
         ids = torch.as_tensor(text_ids, device=self.device)
-        x = self.inputs(ids, self._prev[index])
-        all_slots = len(slots) == self.num_slots and slots == list(range(self.num_slots))
-        logits = self.decoder.decode_step(x, self.cache, None if all_slots else slots)
+        x = self.inputs.rows(ids, self._prev[index])
+        logits = self.decoder.decode_step(x, self.cache, slots)
         tokens = logits.argmax(dim=-1)  # first maximal index on ties, like upstream
         self._prev[index] = tokens
         return tokens.tolist()
