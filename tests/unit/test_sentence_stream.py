@@ -106,3 +106,16 @@ def test_budget_has_a_floor_for_short_texts() -> None:
     assert limits.token_budget(2) == 75
     assert limits.token_budget(100) == 500
     assert SynthesisLimits(max_audio_length=300).token_budget(1000) == 300
+
+
+def test_segment_stops_before_decoder_runs_out_of_positions() -> None:
+    s = stream(initial=100, max_size=100, max_tokens_per_text_id=1000, max_segment_steps=6)
+    s.push_text("abcdefgh")
+    s.close_text()
+    out = []
+    while not s.done:
+        s.next_text_id()
+        out.extend(s.record(3))
+    assert s.stop_reason is StopReason.BLOCK_SIZE
+    assert s.tokens_generated == 6
+    assert out == [[3] * 6]

@@ -126,6 +126,32 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from prometheus_client import start_http_server
+
+    from .worker.service import serve
+    from .worker.settings import WorkerSettings
+
+    settings = WorkerSettings(
+        **{name: getattr(args, name) for name in WorkerSettings.model_fields if hasattr(args, name)}
+    )
+    try:
+        models = load_models(args)
+    except WeightsNotFoundError as error:
+        print(
+            f"error: {error}\n(use --profile tiny to try the pool without weights)", file=sys.stderr
+        )
+        return 2
+    if models.untrained:
+        print(f"WARNING: {UNTRAINED_WARNING}", file=sys.stderr)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    asyncio.run(serve(settings, models))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = ModelSettings()
     parser = argparse.ArgumentParser(prog="llmvox-tts", description=__doc__)
@@ -145,6 +171,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-text-chars", type=int, default=defaults.max_text_chars)
     p.set_defaults(func=synth)
+
+    from .worker.settings import WorkerSettings
+
+    wd = WorkerSettings()
+    w = sub.add_parser("worker", help="run one replica of the TTS pool (Redis Streams)")
+    w.add_argument("--redis-url", dest="redis_url", default=wd.redis_url)
+    w.add_argument("--name", default=wd.name, help="consumer name in the group (unique)")
+    w.add_argument("--max-batch", dest="max_batch", type=int, default=wd.max_batch)
+    w.add_argument("--metrics-port", dest="metrics_port", type=int, default=wd.metrics_port)
+    w.add_argument(
+        "--context-tokens",
+        dest="context_tokens",
+        type=int,
+        default=wd.context_tokens,
+        help="left context decoded before each chunk (0 = upstream)",
+    )
+    w.add_argument("--claim-idle-ms", dest="claim_idle_ms", type=int, default=wd.claim_idle_ms)
+    w.add_argument("--max-deliveries", dest="max_deliveries", type=int, default=wd.max_deliveries)
+    w.add_argument("--text-timeout-s", dest="text_timeout_s", type=float, default=wd.text_timeout_s)
+    w.add_argument(
+        "--drain-timeout-s", dest="drain_timeout_s", type=float, default=wd.drain_timeout_s
+    )
+    w.add_argument(
+        "--max-audio-length", dest="max_audio_length", type=int, default=wd.max_audio_length
+    )
+    w.add_argument(
+        "--max-tokens-per-text-id",
+        dest="max_tokens_per_text_id",
+        type=float,
+        default=wd.max_tokens_per_text_id,
+    )
+    w.add_argument("--max-text-chars", dest="max_text_chars", type=int, default=wd.max_text_chars)
+    add_model_arguments(w, wd)
+    w.set_defaults(func=worker)
     return parser
 
 

@@ -106,7 +106,10 @@ def tiny_gpt_config(codebook_dim: int, vocab_size: int, text_dim: int = 32) -> G
     )
 
 
-def random_decoder(cfg: GPTConfig, seed: int) -> LLMVoXDecoder:
+def random_decoder(cfg: GPTConfig, seed: int, lm_head_std: float = 1.0) -> LLMVoXDecoder:
+    """nanoGPT's initialisation, except a wider output layer: its logits spread like a trained
+    model's (std ~ sqrt(n_embd)), so greedy choices are far from ties and decoding reproduces
+    exactly whatever the batch it runs in."""
     generator = torch.Generator().manual_seed(seed)
     model = LLMVoXDecoder(cfg)
     with torch.no_grad():
@@ -115,8 +118,9 @@ def random_decoder(cfg: GPTConfig, seed: int) -> LLMVoXDecoder:
                 param.zero_()
             elif param.dim() == 1:  # LayerNorm gains
                 param.fill_(1.0)
-            else:  # nanoGPT's initialisation
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+            else:
+                std = lm_head_std if name == "lm_head.weight" else 0.02
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
     return model.eval()
 
 

@@ -28,6 +28,7 @@ class StopReason(StrEnum):
     END_OF_AUDIO = "end_of_audio"
     MAX_AUDIO_LENGTH = "max_audio_length"
     RUNAWAY = "runaway"
+    BLOCK_SIZE = "block_size"  # the decoder has no positions left for this segment
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class SynthesisLimits:
     max_audio_length: int = DEFAULT_MAX_AUDIO_LENGTH
     max_tokens_per_text_id: float = 12.0
     min_token_budget: int = 75  # one second, so very short texts are not cut early
+    max_segment_steps: int | None = None  # the decoder's block_size
 
     def token_budget(self, text_ids: int) -> int:
         budget = max(self.min_token_budget, int(self.max_tokens_per_text_id * text_ids))
@@ -66,6 +68,7 @@ class SentenceStream:
         self.text_ids_pushed = 0
         self.tokens_generated = 0
         self.segments = 0
+        self._segment_steps = 0
         self.stop_reason: StopReason | None = None
         self._segment_open = False
 
@@ -110,6 +113,8 @@ class SentenceStream:
         if not self._segment_open:
             self._segment_open = True
             self.segments += 1
+            self._segment_steps = 0
+        self._segment_steps += 1
         return text_id
 
     # -- speech side -------------------------------------------------------------------------
@@ -131,8 +136,11 @@ class SentenceStream:
                 self.stop_reason = StopReason.END_OF_AUDIO
             # Otherwise text is left: it starts a new segment, as upstream does.
             return chunks
+        max_steps = self.limits.max_segment_steps
         if self.tokens_generated >= self.limits.max_audio_length:
             self.stop_reason = StopReason.MAX_AUDIO_LENGTH
+        elif max_steps is not None and self._segment_steps >= max_steps:
+            self.stop_reason = StopReason.BLOCK_SIZE
         elif self.text_closed and self.tokens_generated >= self.limits.token_budget(
             self.text_ids_pushed
         ):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -109,7 +109,9 @@ class StreamingSynthesizer:
         self.models = models
         self.initial_dump_size = initial_dump_size
         self.max_dump_size = max_dump_size
-        self.limits = limits or SynthesisLimits()
+        self.limits = replace(
+            limits or SynthesisLimits(), max_segment_steps=models.decoder.config.block_size
+        )
         self.eos_token = eos_token
         self.decoder = SpeechTokenDecoder(
             models.decoder, models.text_table, models.wavtokenizer.codebook, num_slots=1

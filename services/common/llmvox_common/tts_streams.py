@@ -1,0 +1,207 @@
+"""The Redis Streams contract between the gateway and the TTS replica pool (ARCHITECTURE.md).
+
+Keys, field names and their encoding live here, once, for both sides.
+
+Jobs (`llmvox:tts:jobs`, consumer group `tts`): one per sentence, with `session`, `seq`, `last`,
+`first_chunk`, `max_chunk`, `reply_to`, `deadline_ms` and either `text` or `text_stream`.
+Streamed text (`llmvox:text:<session>:<seq>`): entries with `piece` (a whole word) and/or
+`done` = 1. Audio (`reply_to`, normally `llmvox:audio:<session>`): parts with `seq`, `part`,
+`last`, `pcm` (float32 little-endian mono 24 kHz), `tokens`, `worker`; a failed or dropped job
+ends with a part that carries `error` and `error_kind` (and `last` = 1, no samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+JOBS_STREAM = "llmvox:tts:jobs"
+CONSUMER_GROUP = "tts"
+DEAD_LETTER_STREAM = "llmvox:tts:dead"
+WORKERS_KEY_PREFIX = "llmvox:tts:worker:"  # heartbeat key per replica
+
+
+def audio_stream_key(session: str) -> str:
+    return f"llmvox:audio:{session}"
+
+
+def text_stream_key(session: str, seq: int) -> str:
+    return f"llmvox:text:{session}:{seq}"
+
+
+def cancel_key(session: str) -> str:
+    return f"llmvox:cancel:{session}"
+
+
+CANCEL_ALL = "all"
+
+
+def cancels_seq(flag: bytes | str | None, seq: int) -> bool:
+    """Whether a cancel key's value covers job `seq`: "all" (or anything not a number) covers
+    every job of the session; a number N covers the jobs with seq <= N."""
+    if flag is None:
+        return False
+    text = flag.decode() if isinstance(flag, bytes) else flag
+    try:
+        return seq <= int(text)
+    except ValueError:
+        return True
+
+
+class JobFormatError(ValueError):
+    """A job entry that cannot be served; an error part can be sent when both `reply_to` and
+    `seq` are known."""
+
+    def __init__(self, reason: str, reply_to: str | None = None, seq: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reply_to = reply_to
+        self.seq = seq
+
+
+def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str | None:
+    for key in (name, name.encode()):
+        if key in fields:
+            value = fields[key]  # type: ignore[index]
+            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _int(fields: Mapping[bytes | str, bytes | str], name: str, default: int | None = None) -> int:
+    raw = _text(fields, name)
+    if raw is None or raw == "":
+        if default is None:
+            raise JobFormatError(f"missing field {name!r}")
+        return default
+    try:
+        return int(raw)
+    except ValueError as error:
+        raise JobFormatError(f"field {name!r} is not an integer: {raw!r}") from error
+
+
+@dataclass(frozen=True)
+class TTSJob:
+    session: str
+    seq: int
+    reply_to: str
+    last: bool = False
+    first_chunk: int = 10
+    max_chunk: int = 1280
+    deadline_ms: int = 0  # Unix time in ms after which the job is dropped; 0 = none
+    text: str | None = None
+    text_stream: str | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        fields = {
+            "session": self.session,
+            "seq": str(self.seq),
+            "last": "1" if self.last else "0",
+            "first_chunk": str(self.first_chunk),
+            "max_chunk": str(self.max_chunk),
+            "reply_to": self.reply_to,
+            "deadline_ms": str(self.deadline_ms),
+        }
+        if self.text is not None:
+            fields["text"] = self.text
+        if self.text_stream is not None:
+            fields["text_stream"] = self.text_stream
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> TTSJob:
+        """Parse and check a job entry; raises JobFormatError with the reason."""
+        reply_to = _text(fields, "reply_to") or None
+        seq_raw = _text(fields, "seq")
+        # An error part can only be placed when the job's seq is known and valid.
+        seq = int(seq_raw) if seq_raw is not None and seq_raw.isdigit() else None
+        try:
+            session = _text(fields, "session")
+            if not session:
+                raise JobFormatError("missing field 'session'")
+            if not reply_to:
+                raise JobFormatError("missing field 'reply_to'")
+            text = _text(fields, "text")
+            stream = _text(fields, "text_stream")
+            if (text is None) == (stream is None):
+                raise JobFormatError("a job needs exactly one of 'text' and 'text_stream'")
+            job = cls(
+                session=session,
+                seq=_int(fields, "seq"),
+                reply_to=reply_to,
+                last=_int(fields, "last", 0) == 1,
+                first_chunk=_int(fields, "first_chunk", 10),
+                max_chunk=_int(fields, "max_chunk", 1280),
+                deadline_ms=_int(fields, "deadline_ms", 0),
+                text=text,
+                text_stream=stream or None,
+            )
+        except JobFormatError as error:
+            raise JobFormatError(error.reason, reply_to, seq) from None
+        if job.seq < 0:
+            raise JobFormatError("'seq' must be >= 0", reply_to, None)
+        if job.first_chunk < 1 or job.max_chunk < 1:
+            raise JobFormatError("'first_chunk' and 'max_chunk' must be >= 1", reply_to, job.seq)
+        if text is not None and not text.strip():
+            raise JobFormatError("empty text", reply_to, job.seq)
+        if stream is not None and not stream.strip():
+            raise JobFormatError("empty 'text_stream' key", reply_to, job.seq)
+        return job
+
+
+@dataclass(frozen=True)
+class AudioPart:
+    seq: int
+    part: int
+    last: bool
+    pcm: bytes  # float32 little-endian mono 24 kHz
+    tokens: int
+    worker: str
+    error: str | None = None
+    error_kind: str | None = None
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.frombuffer(self.pcm, dtype="<f4")
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        fields: dict[str, str | bytes] = {
+            "seq": str(self.seq),
+            "part": str(self.part),
+            "last": "1" if self.last else "0",
+            "pcm": self.pcm,
+            "tokens": str(self.tokens),
+            "worker": self.worker,
+        }
+        if self.error is not None:
+            fields["error"] = self.error
+            fields["error_kind"] = self.error_kind or "error"
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> AudioPart:
+        pcm = fields.get(b"pcm", fields.get("pcm", b""))  # type: ignore[call-overload]
+        return cls(
+            seq=_int(fields, "seq"),
+            part=_int(fields, "part"),
+            last=_int(fields, "last", 0) == 1,
+            pcm=pcm if isinstance(pcm, bytes) else str(pcm).encode("latin-1"),
+            tokens=_int(fields, "tokens", 0),
+            worker=_text(fields, "worker") or "",
+            error=_text(fields, "error"),
+            error_kind=_text(fields, "error_kind"),
+        )
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    piece: str
+    done: bool
+
+    def to_fields(self) -> dict[str, str]:
+        return {"piece": self.piece, "done": "1" if self.done else "0"}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> TextPiece:
+        return cls(piece=_text(fields, "piece") or "", done=(_text(fields, "done") or "0") == "1")

@@ -1,0 +1,215 @@
+"""One replica's decoding engine: many sentences ("jobs") advanced together, step by step.
+
+Continuous batching: each `step()` runs one decoder step for every job that has text to read
+(jobs join and leave between steps; a job whose streamed text has run dry sits the step out and
+is counted as starved), then decodes every chunk that became ready, batching chunks of equal
+length into one WavTokenizer call. No I/O and no threads here: the worker drives it from its
+model thread.
+
+Chunk joins: WavTokenizer looks at a whole chunk at once (GroupNorm, attention), so chunks decoded
+alone do not join smoothly. With `context_tokens` > 0, each chunk is decoded behind the last
+tokens already decoded for its sentence, and the samples of that context are dropped. 0 decodes
+each chunk alone, as upstream does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..constants import HOP_LENGTH
+from ..loading.bundle import ModelBundle
+from ..model.speech_decoder import SpeechTokenDecoder
+from ..streaming.chunk_schedule import ChunkSchedule
+from ..streaming.sentence_stream import SentenceStream, StopReason, SynthesisLimits
+
+
+class EngineFullError(RuntimeError):
+    """All decoder slots are taken."""
+
+
+@dataclass(frozen=True)
+class EnginePart:
+    job: str
+    part: int
+    tokens: list[int]
+    pcm: torch.Tensor  # float32 CPU samples of this part only (context dropped)
+    last: bool
+    stop_reason: StopReason | None
+
+
+@dataclass
+class _Job:
+    key: str
+    slot: int
+    stream: SentenceStream
+    decoded: list[int] = field(default_factory=list)  # tokens already turned into audio
+    ready: deque[list[int]] = field(default_factory=deque)  # chunks waiting for the vocoder
+    next_part: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.stream.done and not self.ready
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    tokens: int = 0
+    starved_steps: int = 0
+    decode_calls: int = 0
+    step_seconds: float = 0.0
+    vocoder_seconds: float = 0.0
+    samples: int = 0
+
+
+class ReplicaEngine:
+    def __init__(
+        self,
+        models: ModelBundle,
+        *,
+        max_batch: int,
+        context_tokens: int = 0,
+        limits: SynthesisLimits | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if context_tokens < 0:
+            raise ValueError("context_tokens must be >= 0")
+        self.models = models
+        self.max_batch = max_batch
+        self.context_tokens = context_tokens
+        # A segment may not outgrow the decoder's positions: stop it cleanly instead of failing
+        # the whole batch.
+        self.limits = replace(
+            limits or SynthesisLimits(), max_segment_steps=models.decoder.config.block_size
+        )
+        self.decoder = SpeechTokenDecoder(
+            models.decoder, models.text_table, models.wavtokenizer.codebook, num_slots=max_batch
+        )
+        self.jobs: dict[str, _Job] = {}
+        self._free = list(range(max_batch - 1, -1, -1))
+        self.stats = EngineStats()
+        self._on_step = on_step
+
+    # -- job control ---------------------------------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def add(self, key: str, *, first_chunk: int, max_chunk: int) -> None:
+        if key in self.jobs:
+            raise ValueError(f"job {key} is already running")
+        if not self._free:
+            raise EngineFullError(f"all {self.max_batch} slots are busy")
+        stream = SentenceStream(
+            self.models.tokenizer.encode, ChunkSchedule(first_chunk, max_chunk), self.limits
+        )
+        self.jobs[key] = _Job(key, self._free.pop(), stream)
+
+    def push_text(self, key: str, piece: str) -> None:
+        if piece.strip():
+            self.jobs[key].stream.push_text(piece)
+
+    def close_text(self, key: str) -> None:
+        self.jobs[key].stream.close_text()
+
+    def remove(self, key: str) -> None:
+        """Drop a job (finished, cancelled or failed) and free its slot."""
+        job = self.jobs.pop(key, None)
+        if job is not None:
+            self._free.append(job.slot)
+
+    def is_starved(self, key: str) -> bool:
+        return self.jobs[key].stream.needs_text
+
+    @property
+    def runnable(self) -> int:
+        return sum(1 for j in self.jobs.values() if not j.stream.done and not j.stream.needs_text)
+
+    @property
+    def has_work(self) -> bool:
+        return any(
+            j.ready or (not j.stream.done and not j.stream.needs_text) for j in self.jobs.values()
+        )
+
+    # -- one step ------------------------------------------------------------------------------
+    def step(self) -> list[EnginePart]:
+        """Advance every runnable job by one token; return the audio parts now ready."""
+        runnable: list[_Job] = []
+        for job in self.jobs.values():
+            if job.stream.done:
+                continue
+            if job.stream.needs_text:
+                self.stats.starved_steps += 1
+            else:
+                runnable.append(job)
+        if runnable:
+            started = time.perf_counter()
+            for job in runnable:
+                if job.stream.starts_segment:
+                    self.decoder.start_segment(job.slot)
+            ids = [job.stream.next_text_id() for job in runnable]
+            tokens = self.decoder.step([job.slot for job in runnable], ids)
+            for job, token in zip(runnable, tokens, strict=True):
+                job.ready.extend(job.stream.record(token))
+            elapsed = time.perf_counter() - started
+            self.stats.steps += 1
+            self.stats.tokens += len(runnable)
+            self.stats.step_seconds += elapsed
+            if self._on_step is not None:
+                self._on_step(len(runnable), elapsed)
+        return self._decode_ready()
+
+    def _decode_ready(self) -> list[EnginePart]:
+        # One chunk per job per call keeps each job's parts in order.
+        work: list[tuple[_Job, list[int], list[int]]] = []
+        for job in self.jobs.values():
+            if job.ready:
+                chunk = job.ready.popleft()
+                context = job.decoded[-self.context_tokens :] if self.context_tokens else []
+                work.append((job, context, chunk))
+        if not work:
+            return []
+        started = time.perf_counter()
+        by_length: dict[int, list[tuple[_Job, list[int], list[int]]]] = {}
+        for item in work:
+            by_length.setdefault(len(item[1]) + len(item[2]), []).append(item)
+        parts: list[EnginePart] = []
+        device = self.models.device
+        for group in by_length.values():
+            # Equal lengths only: GroupNorm and attention span the whole chunk, so padding would
+            # change the samples.
+            codes = torch.tensor([c + t for _, c, t in group], dtype=torch.long, device=device)
+            with torch.inference_mode():
+                audio = self.models.wavtokenizer.decode(codes).float().cpu()
+            self.stats.decode_calls += 1
+            for row, (job, context, chunk) in enumerate(group):
+                pcm = audio[row, len(context) * HOP_LENGTH :].clone()
+                job.decoded.extend(chunk)
+                parts.append(
+                    EnginePart(
+                        job=job.key,
+                        part=job.next_part,
+                        tokens=chunk,
+                        pcm=pcm,
+                        last=job.finished,
+                        stop_reason=job.stream.stop_reason if job.finished else None,
+                    )
+                )
+                job.next_part += 1
+                self.stats.samples += pcm.shape[0]
+        self.stats.vocoder_seconds += time.perf_counter() - started
+        return parts
+
+
+def decode_whole(models: ModelBundle, tokens: list[int]) -> torch.Tensor:
+    """A sentence's tokens decoded in one call: the reference chunk joins are measured against."""
+    codes = torch.tensor([tokens], dtype=torch.long, device=models.device)
+    with torch.inference_mode():
+        return models.wavtokenizer.decode(codes)[0].float().cpu()

@@ -1,0 +1,27 @@
+"""Settings of a TTS replica process: env prefix LLMVOX_TTS_, the same names as the CLI flags."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+
+from ..settings import ModelSettings
+
+
+class WorkerSettings(ModelSettings):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    name: str = Field(default_factory=lambda: f"tts-{socket.gethostname()}")
+    max_batch: int = Field(32, ge=1, description="jobs decoded together")
+    metrics_port: int = Field(0, ge=0, description="Prometheus port; 0 = no metrics server")
+    context_tokens: int = Field(
+        0, ge=0, description="left context tokens decoded before each chunk; 0 = upstream"
+    )
+    claim_idle_ms: int = Field(
+        5000, ge=100, description="a pending job idle this long belongs to a dead replica"
+    )
+    max_deliveries: int = Field(3, ge=1, description="tries before a job goes to dead letters")
+    text_timeout_s: float = Field(30.0, gt=0, description="wait for streamed text at most this")
+    cancel_poll_ms: int = Field(20, ge=1)
+    drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: finish active jobs this long")
+    audio_ttl_s: int = Field(600, ge=1, description="expiry of audio streams after the last part")

@@ -1,0 +1,105 @@
+"""The replica engine: continuous batching equals one job at a time; chunk joins with context.
+
+Models: the tiny random-weight profile (untrained, its audio is noise).
+"""
+
+import math
+
+import pytest
+import torch
+
+from llmvox_tts.constants import HOP_LENGTH
+from llmvox_tts.loading.bundle import build_tiny
+from llmvox_tts.streaming.sentence_stream import SynthesisLimits
+from llmvox_tts.worker.engine import EngineFullError, ReplicaEngine, decode_whole
+
+pytestmark = pytest.mark.unit
+
+LIMITS = SynthesisLimits(max_tokens_per_text_id=4.0, min_token_budget=20)
+SENTENCES = ["Hello there friend", "How are you", "Fine thanks", "A much longer sentence here"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny(seed=1)
+
+
+def run_alone(tiny, text: str, context: int = 0):
+    engine = ReplicaEngine(tiny, max_batch=1, context_tokens=context, limits=LIMITS)
+    engine.add("j", first_chunk=5, max_chunk=40)
+    for word in text.split():
+        engine.push_text("j", word)
+    engine.close_text("j")
+    parts = []
+    while engine.has_work:
+        parts.extend(engine.step())
+    return parts
+
+
+def test_batched_jobs_equal_each_alone_with_late_joins_and_streamed_text(tiny) -> None:
+    alone = {text: run_alone(tiny, text) for text in SENTENCES}
+    engine = ReplicaEngine(tiny, max_batch=4, limits=LIMITS)
+    got: dict[str, list] = {text: [] for text in SENTENCES}
+    words = {text: text.split() for text in SENTENCES}
+    joined: list[str] = []
+    step = 0
+    while True:
+        # One job joins every third step; words arrive one per two steps (text runs dry).
+        if step % 3 == 0 and len(joined) < len(SENTENCES):
+            text = SENTENCES[len(joined)]
+            engine.add(text, first_chunk=5, max_chunk=40)
+            joined.append(text)
+        if step % 2 == 0:
+            for text in joined:
+                if words[text]:
+                    engine.push_text(text, words[text].pop(0))
+                    if not words[text]:
+                        engine.close_text(text)
+        for part in engine.step():
+            got[part.job].append(part)
+            if part.last:
+                engine.remove(part.job)
+        step += 1
+        if len(joined) == len(SENTENCES) and not engine.jobs:
+            break
+        assert step < 5000
+    assert engine.stats.starved_steps > 0
+    for text in SENTENCES:
+        assert [p.tokens for p in got[text]] == [p.tokens for p in alone[text]]
+        assert [p.part for p in got[text]] == list(range(len(alone[text])))
+        assert got[text][-1].last
+        for a, b in zip(got[text], alone[text], strict=True):
+            torch.testing.assert_close(a.pcm, b.pcm, atol=1e-5, rtol=1e-4)
+
+
+def test_slots_are_bounded_and_reused(tiny) -> None:
+    engine = ReplicaEngine(tiny, max_batch=2, limits=LIMITS)
+    engine.add("a", first_chunk=5, max_chunk=5)
+    engine.add("b", first_chunk=5, max_chunk=5)
+    with pytest.raises(EngineFullError):
+        engine.add("c", first_chunk=5, max_chunk=5)
+    engine.remove("a")
+    engine.add("c", first_chunk=5, max_chunk=5)
+    assert engine.free_slots == 0
+
+
+def snr_db(reference: torch.Tensor, joined: torch.Tensor) -> float:
+    noise = (reference - joined).pow(2).sum().item()
+    return 10 * math.log10(reference.pow(2).sum().item() / max(noise, 1e-20))
+
+
+def test_context_makes_chunk_joins_closer_to_whole_sentence_decoding(tiny) -> None:
+    text = "This sentence is long enough to span several chunks of audio"
+    plain = run_alone(tiny, text, context=0)
+    tokens = [t for p in plain for t in p.tokens]
+    whole = decode_whole(tiny, tokens)
+    with_context = run_alone(tiny, text, context=24)
+    assert [t for p in with_context for t in p.tokens] == tokens  # same speech, other joins
+    joined_plain = torch.cat([p.pcm for p in plain])
+    joined_context = torch.cat([p.pcm for p in with_context])
+    assert joined_plain.shape == joined_context.shape == (len(tokens) * HOP_LENGTH,)
+    # Chunks still miss the frames after them (the vocoder looks both ways), so the gain is
+    # bounded; measured here: 5.1 dB without context, 7.6 dB with 24 tokens, 8.6 dB with 96.
+    assert snr_db(whole, joined_context) > snr_db(whole, joined_plain) + 2.0
+    more = torch.cat([p.pcm for p in run_alone(tiny, text, context=96)])
+    assert snr_db(whole, more) > snr_db(whole, joined_context)
