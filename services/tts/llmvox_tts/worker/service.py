@@ -84,6 +84,7 @@ class Replica:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        await self._heartbeat()  # also tells a supervisor (and the tests) that it is ready
         log.info(
             "replica %s serving %s (max batch %d)", self.name, JOBS_STREAM, self.engine.max_batch
         )
@@ -188,9 +189,12 @@ class Replica:
                 await self.redis.xclaim(
                     JOBS_STREAM, CONSUMER_GROUP, self.name, 0, list(self.active), justid=True
                 )
-            await self.redis.set(
-                WORKERS_KEY_PREFIX + self.name, str(now_ms()), px=self.settings.claim_idle_ms
-            )
+            await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        await self.redis.set(
+            WORKERS_KEY_PREFIX + self.name, str(now_ms()), px=self.settings.claim_idle_ms
+        )
 
     async def _start(self, entry_id: str, fields: dict) -> None:
         try:
@@ -296,7 +300,8 @@ class Replica:
             )
             now = now_ms()
             for active in list(self.active.values()):
-                if cancels_seq(flags[active.job.session], active.job.seq):
+                # Jobs may have started during the MGET: they are checked next round.
+                if cancels_seq(flags.get(active.job.session), active.job.seq):
                     await self._drop(active, "cancelled", "session cancelled")
                 elif active.job.deadline_ms and now > active.job.deadline_ms:
                     await self._drop(active, "deadline", "deadline passed")
