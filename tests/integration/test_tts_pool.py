@@ -340,6 +340,11 @@ def test_job_that_keeps_failing_goes_to_dead_letters(
     client.close()
 
 
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -361,7 +366,7 @@ def test_sigterm_finishes_active_jobs_and_metrics_are_exported(
             )
             await wait_for_parts(client, "g", 1)
             url = f"http://127.0.0.1:{port}/metrics"
-            metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+            metrics = await asyncio.to_thread(scrape, url)
             assert "llmvox_tts_tokens_total" in metrics
             assert "llmvox_tts_time_to_first_part_seconds_bucket" in metrics
             proc.send_signal(signal.SIGTERM)
