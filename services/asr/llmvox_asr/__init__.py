@@ -1,1 +1,1 @@
-"""LLMVoX speech-to-text service (faster-whisper over gRPC). Built in a later issue."""
+"""LLMVoX speech-to-text service: faster-whisper behind the `llmvox.asr.v1.AsrService` gRPC API."""

@@ -1,1 +1,2 @@
-"""LLMVoX LLM service (transformers streaming over gRPC). Built in a later issue."""
+"""LLMVoX LLM service: any Hugging Face causal LM, vision-language or multimodal model, streamed
+over gRPC (`llmvox.llm.v1.LlmService`)."""

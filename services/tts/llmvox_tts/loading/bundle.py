@@ -15,6 +15,7 @@ import torch
 from ..model.byt5_tokenizer import ByT5Tokenizer
 from ..model.gpt import GPTConfig, LLMVoXDecoder
 from ..model.precision import with_precision
+from ..model.speech_decoder import check_tables_fit
 from ..model.text_embedding import resize_with_mean_rows
 from ..model.wavtokenizer import WavTokenizer, WavTokenizerConfig
 from ..model.wavtokenizer.random_init import random_wavtokenizer_state_dict
@@ -55,17 +56,7 @@ class ModelBundle:
 
 
 def check_compatible(text_table: torch.Tensor, decoder: LLMVoXDecoder, wt: WavTokenizer) -> None:
-    codebook = wt.codebook
-    if text_table.shape[1] + codebook.shape[1] != decoder.config.n_embd:
-        raise ValueError(
-            f"text table width {text_table.shape[1]} + codebook width {codebook.shape[1]} != "
-            f"decoder n_embd {decoder.config.n_embd}: these checkpoints do not belong together"
-        )
-    if codebook.shape[0] != decoder.config.vocab_size:
-        raise ValueError(
-            f"codebook has {codebook.shape[0]} codes but the decoder predicts "
-            f"{decoder.config.vocab_size}"
-        )
+    check_tables_fit(decoder, text_table, wt.codebook)
 
 
 def load_published(

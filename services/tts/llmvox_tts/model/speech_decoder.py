@@ -13,6 +13,25 @@ from .gpt import LLMVoXDecoder
 from .inputs import InputBuilder
 
 
+def check_tables_fit(
+    decoder: LLMVoXDecoder, text_table: torch.Tensor, codebook: torch.Tensor
+) -> None:
+    """The decoder reads text ⊕ codebook rows and predicts codebook rows: the sizes must agree
+    (MODEL_SPEC 10.2: the text width is inferred, so it is checked here)."""
+    width = text_table.shape[1] + codebook.shape[1]
+    if width != decoder.config.n_embd:
+        raise ValueError(
+            f"text width {text_table.shape[1]} + codebook width {codebook.shape[1]} = {width} "
+            f"but the decoder's n_embd is {decoder.config.n_embd}: these models do not belong "
+            "together"
+        )
+    if codebook.shape[0] != decoder.config.vocab_size:
+        raise ValueError(
+            f"codebook has {codebook.shape[0]} codes but the decoder predicts "
+            f"{decoder.config.vocab_size}"
+        )
+
+
 class SpeechTokenDecoder:
     def __init__(
         self,
@@ -23,17 +42,7 @@ class SpeechTokenDecoder:
         *,
         initial_capacity: int = 256,
     ) -> None:
-        width = text_table.shape[1] + codebook.shape[1]
-        if width != decoder.config.n_embd:
-            raise ValueError(
-                f"text width {text_table.shape[1]} + codebook width {codebook.shape[1]} = {width} "
-                f"but the decoder's n_embd is {decoder.config.n_embd}"
-            )
-        if codebook.shape[0] != decoder.config.vocab_size:
-            raise ValueError(
-                f"codebook has {codebook.shape[0]} rows but the decoder predicts "
-                f"{decoder.config.vocab_size} tokens"
-            )
+        check_tables_fit(decoder, text_table, codebook)
         weight = decoder.transformer.wpe.weight
         self.decoder = decoder
         self.inputs = InputBuilder(
