@@ -195,9 +195,9 @@ def run_sequential(models: ModelBundle, n: int, args: argparse.Namespace) -> dic
         "ttfp_max_s": max(ttfp),
         "job_s_measured": job_s,
         "job_first_part_s_measured": first_s,
-        # The engine's split of the measured jobs' time, scaled to n jobs.
-        "decoder_s": engine.stats.step_seconds * scale,
-        "vocoder_s": engine.stats.vocoder_seconds * scale,
+        # The engine's split of the measured jobs' time, scaled to the total.
+        "decoder_s": engine.stats.step_seconds * total / sum(job_s),
+        "vocoder_s": engine.stats.vocoder_seconds * total / sum(job_s),
         "vocoder_calls": round(engine.stats.decode_calls * scale),
         "sequential_extrapolated_from": measured,
         "_tokens": tokens,

@@ -24,9 +24,19 @@ def test_resolve_local_file_and_directory(tmp_path: Path) -> None:
         resolve_file(tmp_path / "missing.pt")
 
 
-def test_hub_id_offline_names_repo_and_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    # No network here: the hub client must fail, and the error must say what was wanted.
+@pytest.fixture
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The library reads the variable once at import; set both so it fails at once, not after
+    # network time-outs.
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.usefixtures("hub_offline")
+def test_hub_id_offline_names_repo_and_file() -> None:
+    # No network here: the hub client must fail, and the error must say what was wanted.
     with pytest.raises(WeightsNotFoundError) as err:
         resolve_file("MBZUAI/LLMVoX", "ckpt_english_tiny.pt")
     message = str(err.value)
@@ -42,8 +52,8 @@ def test_hub_id_shape() -> None:
     assert not looks_like_hub_id("a/b/c")
 
 
-def test_published_profile_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.mark.usefixtures("hub_offline")
+def test_published_profile_offline_fails_clearly() -> None:
     with pytest.raises(WeightsNotFoundError, match=r"ckpt_english_tiny\.pt"):
         load_published()
 
