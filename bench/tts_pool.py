@@ -223,9 +223,16 @@ def chunk_joins(models: ModelBundle, args: argparse.Namespace) -> dict:
     rows = []
     reference_tokens: list[int] | None = None
     reference: torch.Tensor | None = None
-    for context in args.contexts:
+    # Left context alone, then hold-back (which mends chunk ends) on top of the largest context.
+    settings = [(c, 0) for c in args.contexts]
+    settings += [(max(args.contexts), h) for h in args.holdbacks if h > 0]
+    for context, holdback in settings:
         engine = ReplicaEngine(
-            models, max_batch=1, context_tokens=context, limits=fixed_length(args.join_tokens)
+            models,
+            max_batch=1,
+            context_tokens=context,
+            holdback_tokens=holdback,
+            limits=fixed_length(args.join_tokens),
         )
         add_sentence(engine, "j", args)
         _, parts = run_until_done(engine, time.perf_counter(), {"j"})
@@ -257,6 +264,7 @@ def chunk_joins(models: ModelBundle, args: argparse.Namespace) -> dict:
         rows.append(
             {
                 "context_tokens": context,
+                "holdback_tokens": holdback,
                 "chunks": chunks,
                 "snr_db": snr_db(reference, joined),
                 "snr_per_chunk_db": per_chunk,
@@ -384,12 +392,13 @@ def print_table(report: dict) -> None:
             "SNR in dB, tails/heads: the token before/after each join"
         )
         print(
-            f"{'context':>8} {'chunks':>14} {'SNR dB':>7} {'after 1st':>9} {'per chunk':>20} "
+            f"{'ctx/hold':>8} {'chunks':>14} {'SNR dB':>7} {'after 1st':>9} {'per chunk':>20} "
             f"{'tails':>6} {'heads':>6} {'max jump':>9} {'ref jump':>9} {'vocoder s':>10}"
         )
         for row in joins["rows"]:
             print(
-                f"{row['context_tokens']:>8} {','.join(map(str, row['chunks'])):>14} "
+                f"{str(row['context_tokens']) + '/' + str(row['holdback_tokens']):>8} "
+                f"{','.join(map(str, row['chunks'])):>14} "
                 f"{fmt(row['snr_db'], '.2f'):>7} "
                 f"{fmt(row['snr_after_first_chunk_db'], '.2f'):>9} "
                 f"{','.join(fmt(v, '.1f') for v in row['snr_per_chunk_db']):>20} "
@@ -428,6 +437,13 @@ def main() -> int:
         "--context-tokens", type=int, default=0, help="chunk context of the sessions runs"
     )
     parser.add_argument("--contexts", type=int, nargs="+", default=[0, 8, 24, 48, 96])
+    parser.add_argument(
+        "--holdbacks",
+        type=int,
+        nargs="+",
+        default=[2, 4, 8],
+        help="hold-back sizes, each measured with the largest context",
+    )
     parser.add_argument(
         "--join-tokens", type=int, default=300, help="tokens of the chunk-join sentence"
     )

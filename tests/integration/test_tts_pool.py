@@ -43,6 +43,7 @@ pytestmark = pytest.mark.integration
 
 TOKENS_PER_ID = 3.0  # short sentences: the tiny model never ends one by itself
 FIRST_CHUNK, MAX_CHUNK = 10, 40
+CONTEXT, HOLDBACK = 16, 3  # chunk-join settings, passed to the replicas and the reference
 WORKER = [sys.executable, "-m", "llmvox_tts.cli", "worker", "--profile", "tiny"]
 
 
@@ -66,6 +67,10 @@ class Replicas:
             str(TOKENS_PER_ID),
             "--claim-idle-ms",
             "1500",
+            "--context-tokens",
+            str(CONTEXT),
+            "--holdback-tokens",
+            str(HOLDBACK),
             *args,
         ]
         proc = subprocess.Popen(
@@ -118,7 +123,13 @@ def replicas(redis_client: RedisClientFactory, tmp_path: Path) -> Iterator[Repli
 @pytest.fixture(scope="module")
 def reference_engine() -> ReplicaEngine:
     limits = SynthesisLimits(max_tokens_per_text_id=TOKENS_PER_ID)
-    return ReplicaEngine(build_tiny(seed=0), max_batch=1, limits=limits)
+    return ReplicaEngine(
+        build_tiny(seed=0),
+        max_batch=1,
+        limits=limits,
+        context_tokens=CONTEXT,
+        holdback_tokens=HOLDBACK,
+    )
 
 
 def reference_audio(engine: ReplicaEngine, text: str) -> list[np.ndarray]:

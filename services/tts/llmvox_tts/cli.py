@@ -185,7 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="context_tokens",
         type=int,
         default=wd.context_tokens,
-        help="left context decoded before each chunk (0 = upstream)",
+        help="tokens already sent, decoded again before each chunk (0 = upstream)",
+    )
+    w.add_argument(
+        "--holdback-tokens",
+        dest="holdback_tokens",
+        type=int,
+        default=wd.holdback_tokens,
+        help="last tokens of a chunk sent with the next one, once it exists (0 = upstream)",
     )
     w.add_argument("--claim-idle-ms", dest="claim_idle_ms", type=int, default=wd.claim_idle_ms)
     w.add_argument("--max-deliveries", dest="max_deliveries", type=int, default=wd.max_deliveries)

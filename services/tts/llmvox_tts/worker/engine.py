@@ -6,10 +6,13 @@ is counted as starved), then decodes every chunk that became ready, batching chu
 length into one WavTokenizer call. No I/O and no threads here: the worker drives it from its
 model thread.
 
-Chunk joins: WavTokenizer looks at a whole chunk at once (GroupNorm, attention), so chunks decoded
-alone do not join smoothly. With `context_tokens` > 0, each chunk is decoded behind the last
-tokens already decoded for its sentence, and the samples of that context are dropped. 0 decodes
-each chunk alone, as upstream does.
+Chunk joins: WavTokenizer looks at a whole chunk at once (GroupNorm, attention, convolutions
+both ways), so chunks decoded alone do not join smoothly. With `context_tokens` > 0, each chunk is
+decoded behind the last tokens already sent for its sentence, and the samples of that context are
+dropped: that mends the start of each chunk. With `holdback_tokens` > 0, the last tokens of a
+chunk are decoded but their audio is not sent; they are decoded again at the front of the next
+chunk, once what follows them exists: that mends the end of each chunk, at the cost of that much
+latency. 0 and 0 decode each chunk alone, as upstream does.
 """
 
 from __future__ import annotations
@@ -47,13 +50,22 @@ class _Job:
     key: str
     slot: int
     stream: SentenceStream
-    decoded: list[int] = field(default_factory=list)  # tokens already turned into audio
+    decoded: list[int] = field(default_factory=list)  # tokens whose audio was sent
+    held: list[int] = field(default_factory=list)  # decoded last time, audio not sent yet
     ready: deque[list[int]] = field(default_factory=deque)  # chunks waiting for the vocoder
     next_part: int = 0
 
     @property
     def finished(self) -> bool:
         return self.stream.done and not self.ready
+
+
+@dataclass
+class _Decode:
+    job: _Job
+    context: list[int]  # tokens before `tokens`, decoded only to condition the vocoder
+    tokens: list[int]
+    emit: int  # how many of `tokens` get their audio sent now
 
 
 @dataclass
@@ -74,16 +86,18 @@ class ReplicaEngine:
         *,
         max_batch: int,
         context_tokens: int = 0,
+        holdback_tokens: int = 0,
         limits: SynthesisLimits | None = None,
         on_step: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        if context_tokens < 0:
-            raise ValueError("context_tokens must be >= 0")
+        if context_tokens < 0 or holdback_tokens < 0:
+            raise ValueError("context_tokens and holdback_tokens must be >= 0")
         self.models = models
         self.max_batch = max_batch
         self.context_tokens = context_tokens
+        self.holdback_tokens = holdback_tokens
         # A segment may not outgrow the decoder's positions: stop it cleanly instead of failing
         # the whole batch.
         self.limits = replace(
@@ -168,41 +182,48 @@ class ReplicaEngine:
 
     def _decode_ready(self) -> list[EnginePart]:
         # One chunk per job per call keeps each job's parts in order.
-        work: list[tuple[_Job, list[int], list[int]]] = []
+        work: list[_Decode] = []
         for job in self.jobs.values():
             if job.ready:
-                chunk = job.ready.popleft()
+                tokens = job.held + job.ready.popleft()
+                # Hold the newest tokens back (their audio still lacks what follows) unless
+                # the sentence is complete; they are decoded again, with more, next time.
+                keep = 0 if job.finished else min(self.holdback_tokens, len(tokens) - 1)
                 context = job.decoded[-self.context_tokens :] if self.context_tokens else []
-                work.append((job, context, chunk))
+                work.append(_Decode(job, context, tokens, len(tokens) - keep))
         if not work:
             return []
         started = time.perf_counter()
-        by_length: dict[int, list[tuple[_Job, list[int], list[int]]]] = {}
+        by_length: dict[int, list[_Decode]] = {}
         for item in work:
-            by_length.setdefault(len(item[1]) + len(item[2]), []).append(item)
+            by_length.setdefault(len(item.context) + len(item.tokens), []).append(item)
         parts: list[EnginePart] = []
         device = self.models.device
         for group in by_length.values():
             # Equal lengths only: GroupNorm and attention span the whole chunk, so padding would
             # change the samples.
-            codes = torch.tensor([c + t for _, c, t in group], dtype=torch.long, device=device)
+            codes = torch.tensor(
+                [d.context + d.tokens for d in group], dtype=torch.long, device=device
+            )
             with torch.inference_mode():
                 audio = self.models.wavtokenizer.decode(codes).float().cpu()
             self.stats.decode_calls += 1
-            for row, (job, context, chunk) in enumerate(group):
-                pcm = audio[row, len(context) * HOP_LENGTH :].clone()
-                job.decoded.extend(chunk)
+            for row, d in enumerate(group):
+                start = len(d.context) * HOP_LENGTH
+                pcm = audio[row, start : start + d.emit * HOP_LENGTH].clone()
+                emitted, d.job.held = d.tokens[: d.emit], d.tokens[d.emit :]
+                d.job.decoded.extend(emitted)
                 parts.append(
                     EnginePart(
-                        job=job.key,
-                        part=job.next_part,
-                        tokens=chunk,
+                        job=d.job.key,
+                        part=d.job.next_part,
+                        tokens=emitted,
                         pcm=pcm,
-                        last=job.finished,
-                        stop_reason=job.stream.stop_reason if job.finished else None,
+                        last=d.job.finished,
+                        stop_reason=d.job.stream.stop_reason if d.job.finished else None,
                     )
                 )
-                job.next_part += 1
+                d.job.next_part += 1
                 self.stats.samples += pcm.shape[0]
         self.stats.vocoder_seconds += time.perf_counter() - started
         return parts

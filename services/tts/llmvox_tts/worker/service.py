@@ -422,6 +422,7 @@ def build_engine(settings: WorkerSettings, models) -> ReplicaEngine:
         models,
         max_batch=settings.max_batch,
         context_tokens=settings.context_tokens,
+        holdback_tokens=settings.holdback_tokens,
         limits=limits,
         on_step=_observe_step,
     )

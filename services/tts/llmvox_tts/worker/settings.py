@@ -14,8 +14,12 @@ class WorkerSettings(ModelSettings):
     name: str = Field(default_factory=lambda: f"tts-{socket.gethostname()}")
     max_batch: int = Field(32, ge=1, description="jobs decoded together")
     metrics_port: int = Field(0, ge=0, description="Prometheus port; 0 = no metrics server")
+    # Chunk joins (worker/engine.py); 0 and 0 decode each chunk alone, as upstream.
     context_tokens: int = Field(
-        0, ge=0, description="left context tokens decoded before each chunk; 0 = upstream"
+        24, ge=0, description="tokens already sent, decoded again before each chunk"
+    )
+    holdback_tokens: int = Field(
+        4, ge=0, description="last tokens of a chunk sent with the next one, once it exists"
     )
     claim_idle_ms: int = Field(
         5000, ge=100, description="a pending job idle this long belongs to a dead replica"
