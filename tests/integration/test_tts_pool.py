@@ -380,6 +380,7 @@ def test_sigterm_finishes_active_jobs_and_metrics_are_exported(
             metrics = await asyncio.to_thread(scrape, url)
             assert "llmvox_tts_tokens_total" in metrics
             assert "llmvox_tts_time_to_first_part_seconds_bucket" in metrics
+            assert "llmvox_tts_jobs_waiting" in metrics
             proc.send_signal(signal.SIGTERM)
             return await tts.collect("g", 0, timeout_s=30)
 

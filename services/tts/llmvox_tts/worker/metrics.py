@@ -27,6 +27,10 @@ JOBS_ACTIVE = Gauge("llmvox_tts_jobs_active", "Jobs decoding on this replica")
 JOBS_PENDING = Gauge(
     "llmvox_tts_jobs_pending", "Jobs delivered to the consumer group but not yet acknowledged"
 )
+JOBS_WAITING = Gauge(
+    "llmvox_tts_jobs_waiting",
+    "Jobs in the stream not yet delivered to any replica (the group's lag; scale on this)",
+)
 TIME_TO_FIRST_PART = Histogram(
     "llmvox_tts_time_to_first_part_seconds",
     "From job enqueue to its first audio part written",

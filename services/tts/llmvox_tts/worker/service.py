@@ -401,6 +401,10 @@ class Replica:
             with contextlib.suppress(ResponseError):
                 summary = await self.redis.xpending(JOBS_STREAM, CONSUMER_GROUP)
                 metrics.JOBS_PENDING.set(int(summary.get("pending", 0)))
+                for group in await self.redis.xinfo_groups(JOBS_STREAM):
+                    lag = group.get("lag")  # Redis 7+; absent on 6.2
+                    if _s(group.get("name", b"")) == CONSUMER_GROUP and lag is not None:
+                        metrics.JOBS_WAITING.set(int(lag))
             stats = self.engine.stats
             busy = stats.step_seconds + stats.vocoder_seconds
             last_busy, last_samples = self._last_stats
