@@ -43,7 +43,7 @@ empty :=
 space := $(empty) $(empty)
 PROTO_ROOTS_RE := $(subst $(space),|,$(strip $(PROTO_ROOTS)))
 
-.PHONY: help venv install proto lint format test-tools bench-decoder bench-pool bench-services redis redis-stop test test-all golden bench run clean distclean FORCE
+.PHONY: help venv install proto lint format test-tools bench-decoder bench-pool bench-services bench-train redis redis-stop test test-all golden bench run clean distclean FORCE
 
 help: ## Show the targets and the variables they take
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -141,7 +141,7 @@ golden: install proto ## Only the golden-case tests (tests/golden)
 # ---------------------------------------------------------------------------------------------
 # Demos
 
-bench: bench-decoder bench-pool bench-services ## Every benchmark (tables; JSON into bench/results/)
+bench: bench-decoder bench-pool bench-services bench-train ## Every benchmark (tables; JSON into bench/results/)
 
 bench-decoder: install proto ## Decoder vs the upstream-style loop, per batch and precision
 	$(PY) bench/decoder.py $(BENCH_ARGS)
@@ -151,6 +151,9 @@ bench-pool: install proto ## One TTS replica: batched vs one-at-a-time serving, 
 
 bench-services: install proto test-tools ## ASR real-time factor, LLM time to first token, tokens/s
 	$(PY) bench/asr_llm.py $(BENCH_ARGS)
+
+bench-train: install proto ## Training speech tokens/s at the published size (random init)
+	$(PY) bench/train.py $(BENCH_ARGS)
 
 run: install proto ## Synthesize TEXT with the tiny (untrained) TTS profile into out/demo.wav
 	mkdir -p out

@@ -54,3 +54,50 @@ def test_single_item_batch(golden_case) -> None:
     assert torch.equal(batch.text_tokens[0], exp["single_item_labels"])
     x = decoder_inputs(batch, golden_case["checkpoint"]["text_embedding_table"])
     assert_close(x, exp["single_item_X"], what="single_item_X", **_x_tol(golden_case))
+
+
+def test_batch_through_prepared_shards(golden_case, tmp_path) -> None:
+    """The real data path: encoder codes -> shards/tables/meta on disk -> read back -> batch."""
+    from llmvox_tts.training.shards import (
+        PreparedItem,
+        iter_items,
+        read_tables,
+        write_meta,
+        write_shard,
+        write_tables,
+    )
+
+    codebook = golden_case["checkpoint"]["codebook"]
+    table = golden_case["checkpoint"]["text_embedding_table"]
+    codes = golden_case["inputs"]["codes_from_encoder"]
+    items = [
+        PreparedItem(
+            id=it["id"],
+            text=it["answer_text"],
+            codes=torch.tensor(codes[it["id"]], dtype=torch.long),
+            seconds=len(codes[it["id"]]) * 320 / 24_000,
+        )
+        for it in golden_case["inputs"]["items"]
+    ]
+    # Two shards, so the reader must also keep the order across shard files.
+    write_shard(tmp_path / "shard-00000.pt", items[:2])
+    write_shard(tmp_path / "shard-00001.pt", items[2:])
+    write_tables(tmp_path, table, codebook)
+    shards = [
+        {"file": f"shard-0000{i}.pt", "items": len(part), "seconds": 0.0, "tokens": 0}
+        for i, part in enumerate((items[:2], items[2:]))
+    ]
+    write_meta(tmp_path, {"codebook_size": codebook.shape[0], "shards": shards})
+
+    read_table, read_codebook = read_tables(tmp_path)
+    back = list(iter_items(tmp_path))
+    assert [it.id for it in back] == [it["id"] for it in golden_case["inputs"]["items"]]
+    tok = ByT5Tokenizer()
+    aligned = [align_item(it.codes.tolist(), it.text, read_codebook, tok) for it in back]
+    batch = collate(aligned, read_codebook)
+    exp = golden_case["expected"]
+    assert torch.equal(batch.text_tokens, exp["batch_labels"])
+    assert torch.equal(batch.speech_embeddings, exp["batch_speech_embeddings"])
+    assert torch.equal(batch.targets, exp["batch_speech_out_tokens"])
+    x = decoder_inputs(batch, read_table)
+    assert_close(x, exp["X"], what="X", **_x_tol(golden_case))

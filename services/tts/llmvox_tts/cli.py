@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from llmvox_common.audio import write_wav
 
@@ -218,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    torch.set_grad_enabled(False)
+    # Model calls run under inference_mode where they are made (also on the worker's model
+    # thread); no global switch here, so calling main() in-process leaves autograd alone.
     return int(args.func(args))
 
 
