@@ -19,8 +19,11 @@ test's coroutine:
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +89,27 @@ def redis_client(redis_url: str) -> Iterator[RedisClientFactory]:
     yield factory
     _flush(redis_url)
     assert factory.open_clients == 0, "a test left a Redis client open"
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def ensure_espeak() -> str:
+    """The espeak-ng binary that speaks test sentences; installed (as root, from Debian) by
+    scripts/ensure-espeak.sh when missing. Fails with the reason, never skips."""
+    if shutil.which("espeak-ng") is None:
+        result = subprocess.run(
+            ["bash", str(REPO_ROOT / "scripts" / "ensure-espeak.sh")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode != 0 or shutil.which("espeak-ng") is None:
+            pytest.fail(f"espeak-ng is needed to speak the test sentences:\n{result.stderr}")
+    return shutil.which("espeak-ng") or "espeak-ng"
+
+
+@pytest.fixture(scope="module")
+def espeak() -> str:
+    return ensure_espeak()

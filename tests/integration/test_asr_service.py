@@ -12,7 +12,6 @@ import asyncio
 import importlib.util
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -90,22 +89,6 @@ class Speech:
     def chunks(self, seconds: float = CHUNK_SECONDS) -> list[bytes]:
         step = int(self.sample_rate_hz * seconds) * 2
         return [self.pcm[i : i + step] for i in range(0, len(self.pcm), step)]
-
-
-@pytest.fixture(scope="module")
-def espeak() -> str:
-    if shutil.which("espeak-ng") is None:
-        # Installs the Debian package as root, or fails saying what to run; never a skip.
-        result = subprocess.run(
-            ["bash", str(REPO_ROOT / "scripts" / "ensure-espeak.sh")],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if result.returncode != 0 or shutil.which("espeak-ng") is None:
-            pytest.fail(f"espeak-ng is needed to speak the test sentences:\n{result.stderr}")
-    return shutil.which("espeak-ng") or "espeak-ng"
 
 
 @pytest.fixture(scope="module")

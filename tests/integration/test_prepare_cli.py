@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,22 +26,6 @@ SENTENCES = [
     "Numbers like forty two are spoken too.",
     "A short one.",
 ]
-
-
-@pytest.fixture(scope="module")
-def espeak() -> str:
-    if shutil.which("espeak-ng") is None:
-        # Installs the Debian package as root, or fails saying what to run; never a skip.
-        result = subprocess.run(
-            ["bash", str(REPO_ROOT / "scripts" / "ensure-espeak.sh")],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if result.returncode != 0 or shutil.which("espeak-ng") is None:
-            pytest.fail(f"espeak-ng is needed to speak the test sentences:\n{result.stderr}")
-    return shutil.which("espeak-ng") or "espeak-ng"
 
 
 def test_prepare_tiny_profile_with_two_workers(espeak: str, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ encoded by the tiny WavTokenizer, written in the shard format the trainer reads.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from llmvox_tts.training.shards import (
     write_shard,
     write_tables,
 )
+
+from .conftest import ensure_espeak
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -53,14 +54,7 @@ SENTENCES = [
 
 
 def espeak_binary() -> str:
-    found = shutil.which("espeak-ng")
-    if found:
-        return found
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run(["bash", str(root / "scripts" / "ensure-espeak.sh")], check=True)
-    found = shutil.which("espeak-ng")
-    assert found, "espeak-ng is still missing after scripts/ensure-espeak.sh"
-    return found
+    return ensure_espeak()
 
 
 def build_espeak_dataset(out_dir: Path, count: int = len(SENTENCES)) -> ModelBundle:
