@@ -323,7 +323,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     info = init_distributed(device)
     device = resolve_device(cfg, info)
     try:
-        return _train(cfg, info, device)
+        result = _train(cfg, info, device)
+        if info.enabled:
+            # Rank 0 finishes later (evaluation, checkpoint): tearing the group down while a
+            # peer still has collectives in flight aborts that peer's process at exit.
+            dist.barrier()
+        return result
     finally:
         if info.enabled and dist.is_initialized():
             dist.destroy_process_group()
