@@ -1,23 +1,14 @@
-"""A small prepared dataset made here, independent of `llmvox-prepare`: espeak-ng speech,
-encoded by the tiny WavTokenizer, written in the shard format the trainer reads."""
+"""A small speech dataset made offline (espeak-ng), prepared by the real `llmvox-prepare` with
+the tiny random-weight WavTokenizer: the training tests run the whole pipeline."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
-import torch
-
-from llmvox_common.audio import read_wav
 from llmvox_tts.loading.bundle import ModelBundle, build_tiny
-from llmvox_tts.model.resample import convert_audio
-from llmvox_tts.training.shards import (
-    PreparedItem,
-    shard_name,
-    write_meta,
-    write_shard,
-    write_tables,
-)
+from llmvox_tts.training.prepare import main as prepare_main
 
 from .conftest import ensure_espeak
 
@@ -58,42 +49,40 @@ def espeak_binary() -> str:
 
 
 def build_espeak_dataset(out_dir: Path, count: int = len(SENTENCES)) -> ModelBundle:
-    """Writes a prepared directory; returns the tiny bundle whose tables it holds."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bundle = build_tiny(seed=0)
+    """espeak-ng speech in the original dataset format, tokenised by `llmvox-prepare --profile
+    tiny` into `out_dir`; returns the tiny bundle (same seed) whose tables it holds."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     espeak = espeak_binary()
-    wav_dir = out_dir / "wav"
+    wav_dir = out_dir.parent / f"{out_dir.name}-wav"
     wav_dir.mkdir(exist_ok=True)
-    items: list[PreparedItem] = []
+    rows = []
     for i, text in enumerate(SENTENCES[:count]):
         wav = wav_dir / f"utt{i:03d}.wav"
         subprocess.run([espeak, "-w", str(wav), text], check=True, capture_output=True)
-        samples, rate = read_wav(wav)
-        audio = convert_audio(torch.from_numpy(samples)[None], rate, 24_000, 1)
-        with torch.inference_mode():
-            codes = bundle.wavtokenizer.encode(audio[0], 24_000)[0]
-        items.append(
-            PreparedItem(
-                id=f"utt{i:03d}",
-                text=text,
-                codes=codes.to(torch.int64),
-                seconds=audio.shape[-1] / 24_000,
-            )
+        rows.append(
+            {
+                "speech_folder": str(wav_dir),
+                "speech_file": wav.name,
+                "answer_text": text,
+                "id": f"utt{i:03d}",
+            }
         )
-    half = len(items) // 2
-    shards = []
-    for index, part in enumerate((items[:half], items[half:])):
-        write_shard(out_dir / shard_name(index), part)
-        shards.append({"file": shard_name(index), "items": len(part)})
-    write_tables(out_dir, bundle.text_table, bundle.wavtokenizer.codebook)
-    write_meta(
-        out_dir,
-        {
-            "tokenizer": "tiny",
-            "codebook_size": int(bundle.wavtokenizer.codebook.shape[0]),
-            "codebook_dim": int(bundle.wavtokenizer.codebook.shape[1]),
-            "text_dim": int(bundle.text_table.shape[1]),
-            "shards": shards,
-        },
+    data_path = wav_dir / "data.json"
+    data_path.write_text(json.dumps(rows))
+    code = prepare_main(
+        [
+            "--data_path",
+            str(data_path),
+            "--out_dir",
+            str(out_dir),
+            "--profile",
+            "tiny",
+            "--seed",
+            "0",
+            "--shard_size",
+            str(max(1, count // 2)),
+            "--no_progress",
+        ]
     )
-    return bundle
+    assert code == 0, "llmvox-prepare failed"
+    return build_tiny(seed=0)
