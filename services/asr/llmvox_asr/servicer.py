@@ -177,7 +177,7 @@ class AsrServicer(asr_pb2_grpc.AsrServiceServicer):
         audio = Pcm16Stream(config.sample_rate_hz, self.settings.asr_max_audio_length)
         interval = self.settings.interim_interval
 
-        async def send_partial(pcm: bytes) -> None:
+        async def send(pcm: bytes, *, final: bool) -> None:
             transcript = await self._decode(
                 context,
                 transcriber,
@@ -185,11 +185,11 @@ class AsrServicer(asr_pb2_grpc.AsrServiceServicer):
                 config.sample_rate_hz,
                 options,
                 vad=config.vad_filter,
-                kind="partial",
+                kind="final" if final else "partial",
             )
             await context.write(
                 asr_pb2.StreamingRecognizeResponse(
-                    is_final=False, transcript=transcript_message(transcript)
+                    is_final=final, transcript=transcript_message(transcript)
                 )
             )
 
@@ -209,7 +209,7 @@ class AsrServicer(asr_pb2_grpc.AsrServiceServicer):
                 if config.interim_results and partial is None and audio.seconds >= next_partial_at:
                     next_partial_at = audio.seconds + interval
                     partial = asyncio.create_task(
-                        send_partial(audio.snapshot()), name="asr-partial"
+                        send(audio.snapshot(), final=False), name="asr-partial"
                     )
             pcm = audio.finish()
             if partial is not None:
@@ -217,20 +217,7 @@ class AsrServicer(asr_pb2_grpc.AsrServiceServicer):
                 # sooner (the decode thread finishes its window either way).
                 await partial
                 partial = None
-            transcript = await self._decode(
-                context,
-                transcriber,
-                pcm,
-                config.sample_rate_hz,
-                options,
-                vad=config.vad_filter,
-                kind="final",
-            )
-            await context.write(
-                asr_pb2.StreamingRecognizeResponse(
-                    is_final=True, transcript=transcript_message(transcript)
-                )
-            )
+            await send(pcm, final=True)
         finally:
             if partial is not None:
                 partial.cancel()
