@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,3 +383,24 @@ def wav_bytes(seconds: float = 1.0, rate: int = 16000) -> bytes:
 
     t = np.arange(int(seconds * rate)) / rate
     return encode((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate)
+
+
+@contextlib.contextmanager
+def tiny_model_stub(
+    tmp_path_factory: pytest.TempPathFactory,
+    build: Callable[[Path, Path], Path],
+    name: str,
+    chat_type: str,
+) -> Iterator[Any]:
+    """A server on a tiny random-weight model built by `build` (with SmolLM2's tokenizer), and
+    an LlmService stub on it."""
+    from llmvox_common._proto.llmvox.llm.v1 import llm_pb2_grpc
+
+    model = build(tmp_path_factory.mktemp(name), smollm2_dir())
+    with (
+        running_server(
+            model, "--chat-type", chat_type, "--max-tokens", "8", log_path=model / "server.log"
+        ) as server,
+        server.channel() as channel,
+    ):
+        yield llm_pb2_grpc.LlmServiceStub(channel)

@@ -16,11 +16,9 @@ from llmvox_common._proto.llmvox.llm.v1 import llm_pb2, llm_pb2_grpc
 from llmvox_common.audio import float_to_pcm16
 
 from .llm_support import (
-    RunningServer,
     build_tiny_qwen2_audio,
     png_bytes,
-    running_server,
-    smollm2_dir,
+    tiny_model_stub,
     wav_bytes,
 )
 
@@ -28,18 +26,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    model = build_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny-qwen2-audio"), smollm2_dir())
-    with running_server(
-        model, "--chat-type", "multimodal", "--max-tokens", "8", log_path=model / "server.log"
-    ) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server: RunningServer) -> Iterator[llm_pb2_grpc.LlmServiceStub]:
-    with server.channel() as channel:
-        yield llm_pb2_grpc.LlmServiceStub(channel)
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[llm_pb2_grpc.LlmServiceStub]:
+    with tiny_model_stub(
+        tmp_path_factory, build_tiny_qwen2_audio, "tiny-qwen2-audio", "multimodal"
+    ) as stub:
+        yield stub
 
 
 def audio_request(*audios: llm_pb2.Audio) -> llm_pb2.GenerateRequest:

@@ -12,29 +12,19 @@ import pytest
 from llmvox_common._proto.llmvox.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from .llm_support import (
-    RunningServer,
     build_tiny_llava,
     png_bytes,
-    running_server,
-    smollm2_dir,
+    tiny_model_stub,
 )
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    model = build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), smollm2_dir())
-    with running_server(
-        model, "--chat-type", "multimodal", "--max-tokens", "8", log_path=model / "server.log"
-    ) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server: RunningServer) -> Iterator[llm_pb2_grpc.LlmServiceStub]:
-    with server.channel() as channel:
-        yield llm_pb2_grpc.LlmServiceStub(channel)
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[llm_pb2_grpc.LlmServiceStub]:
+    model = tiny_model_stub(tmp_path_factory, build_tiny_llava, "tiny-llava", "multimodal")
+    with model as stub:
+        yield stub
 
 
 def image_request(*images: bytes) -> llm_pb2.GenerateRequest:

@@ -12,34 +12,20 @@ import pytest
 from llmvox_common._proto.llmvox.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from .llm_support import (
-    RunningServer,
     build_tiny_qwen2_5_vl,
     png_bytes,
-    running_server,
-    smollm2_dir,
+    tiny_model_stub,
 )
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    model = build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen2_5_vl"), smollm2_dir())
-    with running_server(
-        model,
-        "--chat-type",
-        "visual_speech",
-        "--max-tokens",
-        "8",
-        log_path=model / "server.log",
-    ) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server: RunningServer) -> Iterator[llm_pb2_grpc.LlmServiceStub]:
-    with server.channel() as channel:
-        yield llm_pb2_grpc.LlmServiceStub(channel)
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[llm_pb2_grpc.LlmServiceStub]:
+    with tiny_model_stub(
+        tmp_path_factory, build_tiny_qwen2_5_vl, "tiny-qwen2_5_vl", "visual_speech"
+    ) as stub:
+        yield stub
 
 
 def image_request(*images: bytes, text: str = "What is in the picture?") -> llm_pb2.GenerateRequest:
