@@ -135,6 +135,7 @@ class AudioPartStream:
         self._deadline: float | None = None  # set by the first read, not at construction
         self._ready: deque[AudioPart] = deque()
         self._malformed_skipped = 0
+        self._closed = False
 
     @property
     def last_id(self) -> str:
@@ -154,14 +155,24 @@ class AudioPartStream:
         """Declare the final seq when it was not known at the start (streamed LLM output)."""
         self.resequencer.done_after(seq)
 
+    def close(self) -> None:
+        """Stop the iteration after the read in progress (at most `block_ms`).
+
+        Task cancellation alone is not enough: a cancellation that lands while redis-py is
+        inside a blocking read can be lost, and the reader would then poll until its timeout.
+        """
+        self._closed = True
+
     def __aiter__(self) -> AudioPartStream:
         return self
 
     async def __anext__(self) -> AudioPart:
         while not self._ready:
-            if self.resequencer.finished:
+            if self.resequencer.finished or self._closed:
                 raise StopAsyncIteration
             await self._read_more()
+        if self._closed:
+            raise StopAsyncIteration
         return self._ready.popleft()
 
     async def _read_more(self) -> None:

@@ -7,42 +7,18 @@ a sentence), because the decoder was trained on text that went through them and 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from llmvox_common.text_cleaning import clean_llm_piece
+
 from ..constants import DEFAULT_EOS_TOKEN
 
-# A `.` after a digit and before whitespace or the end is a list marker or a number's end
-# ("Item 5.", "3. Third"), not a sentence end; a decimal point ("5.5") is kept.
-_DIGIT_DOT = re.compile(r"(?<=\d)\.(?=\s|$)")
-_WHITESPACE_RUN = re.compile(r"\s+")
-_ELLIPSIS = re.compile(r"\.{3,}")
-# Consuming both digits (no look-around) makes matches non-overlapping: "1,2,3" → "12,3".
-_DIGIT_COMMA_DIGIT = re.compile(r"(\d),(\d)")
-_SLASHES = re.compile(r"/+")
-_BACKSLASHES = re.compile(r"\\+")
+__all__ = ["PieceRouter", "RoutedPiece", "clean_llm_piece", "route_pieces", "rstrip_eos"]
 
 # Pieces the producer drops before any stripping, so " -" is *not* among them.
 _SKIPPED_RAW_PIECES = frozenset({"", "-"})
 _SENTENCE_END = "."
-
-
-def clean_llm_piece(text: str) -> str:
-    """Apply the upstream cleaning rules to one piece (no strip at the end, on purpose)."""
-    text = text.strip()
-    text = text.replace("**", "")
-    text = text.replace("-", " ")
-    text = _DIGIT_DOT.sub("", text)
-    text = text.replace("*", "")
-    text = text.replace("#", " number ").replace("&", " and ").replace("@", " at ")
-    text = _WHITESPACE_RUN.sub(" ", text)
-    # Runs after the whitespace collapse, so its own spaces survive ("Wait..." → "Wait pause ").
-    text = _ELLIPSIS.sub(" pause ", text)
-    text = _DIGIT_COMMA_DIGIT.sub(r"\1\2", text)
-    text = _SLASHES.sub(" slash ", text)
-    text = _BACKSLASHES.sub(" backslash ", text)
-    return text
 
 
 def rstrip_eos(text: str, eos: str = DEFAULT_EOS_TOKEN) -> str:
