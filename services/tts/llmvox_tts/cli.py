@@ -1,4 +1,8 @@
-"""`llmvox-tts`: command-line entry points of the TTS package."""
+"""`llmvox-tts`: command-line entry points of the TTS package.
+
+torch and the model code are imported by the commands that load models, not at import time, so
+`llmvox-tts health` (a container health check, run every few seconds) starts in a blink.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, get_args
 
-import numpy as np
-
-from llmvox_common.audio import write_wav
-
-from .loading.bundle import UNTRAINED_WARNING, ModelBundle, build_tiny, load_published
 from .loading.hub import WeightsNotFoundError
-from .model.precision import PRECISIONS
 from .settings import ModelSettings
-from .streaming.sentence_stream import SynthesisLimits
-from .streaming.synthesizer import StreamingSynthesizer
+
+if TYPE_CHECKING:
+    from .loading.bundle import ModelBundle
+
+PRECISIONS = get_args(ModelSettings.model_fields["precision"].annotation)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, defaults: ModelSettings) -> None:
@@ -58,6 +60,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: ModelSettings
 
 
 def load_models(args: argparse.Namespace) -> ModelBundle:
+    from .loading.bundle import build_tiny, load_published
+
     if args.profile == "tiny":
         return build_tiny(seed=args.seed, device=args.device, precision=args.precision)
     return load_published(
@@ -71,6 +75,14 @@ def load_models(args: argparse.Namespace) -> ModelBundle:
 
 
 def synth(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from llmvox_common.audio import write_wav
+
+    from .loading.bundle import UNTRAINED_WARNING
+    from .streaming.sentence_stream import SynthesisLimits
+    from .streaming.synthesizer import StreamingSynthesizer
+
     text = args.text if args.text is not None else sys.stdin.read()
     if not text.strip():
         print("error: no text to speak", file=sys.stderr)
@@ -130,6 +142,7 @@ def worker(args: argparse.Namespace) -> int:
 
     from prometheus_client import start_http_server
 
+    from .loading.bundle import UNTRAINED_WARNING
     from .worker.service import serve
     from .worker.settings import WorkerSettings
 
@@ -149,6 +162,82 @@ def worker(args: argparse.Namespace) -> int:
         start_http_server(settings.metrics_port)
     asyncio.run(serve(settings, models))
     return 0
+
+
+def _heartbeat_age_s(value: bytes) -> float | None:
+    """Seconds since the heartbeat written in `value`: a Unix-ms timestamp, or a JSON object
+    with `at_ms`. None when the value has neither (the key's existence still counts)."""
+    import json
+    import time
+
+    try:
+        beat = json.loads(value)
+    except ValueError:
+        return None
+    at_ms = beat.get("at_ms") if isinstance(beat, dict) else beat
+    if not isinstance(at_ms, int | float):
+        return None
+    return max(0.0, time.time() - at_ms / 1000)
+
+
+def _heartbeat_problem(redis_url: str, name: str, timeout: float) -> str | None:
+    import redis
+
+    from llmvox_common.tts_streams import WORKERS_KEY_PREFIX
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        value = client.get(WORKERS_KEY_PREFIX + name)
+    except redis.RedisError as error:  # the URL holds the password: never print it
+        return f"Redis unreachable: {type(error).__name__}: {error}"
+    finally:
+        client.close()
+    if value is None:
+        return f"no heartbeat from replica {name!r} (key {WORKERS_KEY_PREFIX}{name})"
+    age = _heartbeat_age_s(value)
+    print(f"heartbeat {name!r}" + (f": {age:.1f} s ago" if age is not None else ""))
+    return None
+
+
+def _metrics_problem(port: int, timeout: float) -> str | None:
+    import urllib.error
+    import urllib.request
+
+    if port <= 0:
+        return "no metrics port (--metrics-port / LLMVOX_TTS_METRICS_PORT is 0)"
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = response.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as error:
+        return f"metrics {url}: {error}"
+    if "llmvox_tts_" not in body:
+        return f"metrics {url}: no llmvox_tts_ metrics"
+    print(f"metrics {url}: ok")
+    return None
+
+
+def health(args: argparse.Namespace) -> int:
+    """Container health check of one replica: exit 0 when its Redis heartbeat exists (it expires
+    after --claim-idle-ms, so a replica whose event loop is stuck turns unhealthy) and/or its
+    metrics port answers; 1 otherwise. `--wait N` keeps checking for N seconds."""
+    import time
+
+    deadline = time.monotonic() + args.wait
+    while True:
+        problems = []
+        if args.check in ("heartbeat", "all"):
+            problems.append(_heartbeat_problem(args.redis_url, args.name, args.timeout))
+        if args.check in ("metrics", "all"):
+            problems.append(_metrics_problem(args.metrics_port, args.timeout))
+        failed = [problem for problem in problems if problem is not None]
+        if not failed:
+            print("SERVING")
+            return 0
+        if time.monotonic() >= deadline:
+            print("unhealthy: " + "; ".join(failed), file=sys.stderr)
+            return 1
+        time.sleep(0.5)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +300,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-text-chars", dest="max_text_chars", type=int, default=wd.max_text_chars)
     add_model_arguments(w, wd)
     w.set_defaults(func=worker)
+
+    h = sub.add_parser(
+        "health",
+        help="check a running replica (exit 0 when healthy): its Redis heartbeat and/or metrics",
+    )
+    h.add_argument("--redis-url", dest="redis_url", default=wd.redis_url)
+    h.add_argument("--name", default=wd.name, help="the replica's name (same default as worker)")
+    h.add_argument("--metrics-port", dest="metrics_port", type=int, default=wd.metrics_port)
+    h.add_argument(
+        "--check",
+        choices=["heartbeat", "metrics", "all"],
+        default="heartbeat",
+        help="heartbeat: the replica's key in Redis; metrics: its /metrics answers on localhost",
+    )
+    h.add_argument("--timeout", type=float, default=5.0, help="seconds per try")
+    h.add_argument("--wait", type=float, default=0.0, help="keep trying this many seconds")
+    h.set_defaults(func=health)
     return parser
 
 

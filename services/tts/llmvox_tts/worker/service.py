@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -192,8 +193,14 @@ class Replica:
             await self._heartbeat()
 
     async def _heartbeat(self) -> None:
+        # The profile tells the gateway (and the page it serves) when the voice is untrained.
+        beat = {
+            "at_ms": now_ms(),
+            "profile": self.settings.profile,
+            "untrained": self.settings.profile == "tiny",
+        }
         await self.redis.set(
-            WORKERS_KEY_PREFIX + self.name, str(now_ms()), px=self.settings.claim_idle_ms
+            WORKERS_KEY_PREFIX + self.name, json.dumps(beat), px=self.settings.claim_idle_ms
         )
 
     async def _start(self, entry_id: str, fields: dict) -> None:
