@@ -1,0 +1,224 @@
+"""gRPC clients of the ASR and LLM services, shaped for the gateway's turns.
+
+Errors leave as `GatewayError`; cancelling the awaiting task cancels the call, which stops the
+generation on the LLM server (its handler sees the cancellation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmvox_common._proto.llmvox.asr.v1 import asr_pb2, asr_pb2_grpc
+from llmvox_common._proto.llmvox.llm.v1 import llm_pb2, llm_pb2_grpc
+
+from .errors import from_grpc, unavailable
+
+_MAX_MESSAGE = 64 * 1024 * 1024
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+]
+_ROLES = {
+    "system": llm_pb2.ROLE_SYSTEM,
+    "user": llm_pb2.ROLE_USER,
+    "assistant": llm_pb2.ROLE_ASSISTANT,
+}
+
+
+@dataclass
+class ChatMessage:
+    role: str  # system | user | assistant
+    text: str
+    images: list[bytes] = field(default_factory=list)
+    audios: list[bytes] = field(default_factory=list)  # WAV files
+
+
+@dataclass
+class Sampling:
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+
+    def to_proto(self) -> llm_pb2.SamplingParams:
+        params = llm_pb2.SamplingParams()
+        for name in ("temperature", "top_p", "top_k", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(params, name, value)
+        return params
+
+
+@dataclass
+class Transcript:
+    text: str
+    language: str
+    audio_seconds: float
+
+
+async def _serving(channel: grpc.aio.Channel, check_s: float) -> bool:
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=check_s
+        )
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class LlmBackend:
+    def __init__(self, addr: str, *, timeout_s: float) -> None:
+        self.addr = addr
+        self._timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        self._stub = llm_pb2_grpc.LlmServiceStub(self._channel)
+
+    async def ready(self, check_s: float = 2.0) -> bool:
+        return await _serving(self._channel, check_s)
+
+    async def generate(
+        self, messages: Sequence[ChatMessage], sampling: Sampling
+    ) -> AsyncIterator[str]:
+        """The answer's text deltas; leaving the loop early cancels the call."""
+        request = llm_pb2.GenerateRequest(
+            messages=[
+                llm_pb2.Message(
+                    role=_ROLES[m.role],
+                    text=m.text,
+                    images=[llm_pb2.Image(data=data) for data in m.images],
+                    audios=[llm_pb2.Audio(data=data) for data in m.audios],
+                )
+                for m in messages
+            ],
+            sampling=sampling.to_proto(),
+        )
+        call = self._stub.Generate(request, timeout=self._timeout_s)
+        try:
+            async for response in call:
+                if response.HasField("delta") and response.delta:
+                    yield response.delta
+        except grpc.aio.AioRpcError as error:
+            raise from_grpc("llm", error) from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class AsrStream:
+    """One streaming recognition: `send` audio as it arrives, `finish` for the final transcript.
+    Partial transcripts go to `on_partial` as the server sends them."""
+
+    def __init__(
+        self,
+        stub: asr_pb2_grpc.AsrServiceStub,
+        config: asr_pb2.RecognitionConfig,
+        on_partial: Callable[[str], object],
+        timeout_s: float,
+    ) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._config = config
+        self._on_partial = on_partial
+        self._call = stub.StreamingRecognize(self._requests(), timeout=timeout_s)
+        self._final: asyncio.Task[Transcript] = asyncio.create_task(self._responses())
+        self.started = time.monotonic()
+
+    async def _requests(self) -> AsyncIterator[asr_pb2.StreamingRecognizeRequest]:
+        yield asr_pb2.StreamingRecognizeRequest(config=self._config)
+        while (chunk := await self._queue.get()) is not None:
+            yield asr_pb2.StreamingRecognizeRequest(audio=chunk)
+
+    async def _responses(self) -> Transcript:
+        final = Transcript("", self._config.language, 0.0)
+        try:
+            async for response in self._call:
+                transcript = response.transcript
+                if response.is_final:
+                    final = Transcript(
+                        transcript.text.strip(), transcript.language, transcript.audio_seconds
+                    )
+                elif transcript.text.strip():
+                    self._on_partial(transcript.text.strip())
+        except grpc.aio.AioRpcError as error:
+            raise from_grpc("asr", error) from None
+        return final
+
+    def send(self, pcm16: bytes) -> None:
+        self._queue.put_nowait(pcm16)
+
+    async def finish(self) -> Transcript:
+        self._queue.put_nowait(None)
+        return await self._final
+
+    async def cancel(self) -> None:
+        self._call.cancel()
+        self._final.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._final
+
+
+class AsrBackend:
+    def __init__(self, addr: str, *, timeout_s: float) -> None:
+        self.addr = addr
+        self._timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        self._stub = asr_pb2_grpc.AsrServiceStub(self._channel)
+
+    async def ready(self, check_s: float = 2.0) -> bool:
+        return await _serving(self._channel, check_s)
+
+    @staticmethod
+    def _config(
+        sample_rate: int, language: str, target_language: str, interim: bool
+    ) -> asr_pb2.RecognitionConfig:
+        # Whisper translates into English only: any other target means "transcribe".
+        translate = (
+            bool(target_language) and target_language != language and target_language == "en"
+        )
+        return asr_pb2.RecognitionConfig(
+            sample_rate_hz=sample_rate,
+            language="" if language in ("", "auto") else language,
+            task=asr_pb2.TASK_TRANSLATE if translate else asr_pb2.TASK_TRANSCRIBE,
+            interim_results=interim,
+        )
+
+    async def recognize(
+        self, pcm16: bytes, sample_rate: int, *, language: str, target_language: str = ""
+    ) -> Transcript:
+        request = asr_pb2.RecognizeRequest(
+            config=self._config(sample_rate, language, target_language, False), audio=pcm16
+        )
+        try:
+            reply = await self._stub.Recognize(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise from_grpc("asr", error) from None
+        transcript = reply.transcript
+        return Transcript(transcript.text.strip(), transcript.language, transcript.audio_seconds)
+
+    def stream(
+        self, sample_rate: int, *, language: str, on_partial: Callable[[str], object]
+    ) -> AsrStream:
+        return AsrStream(
+            self._stub, self._config(sample_rate, language, "", True), on_partial, self._timeout_s
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+T = TypeVar("T")
+
+
+def require(backend: T | None, name: str) -> T:
+    if backend is None:
+        raise unavailable(f"this gateway has no {name} service configured")
+    return backend

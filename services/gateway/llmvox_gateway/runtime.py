@@ -1,0 +1,159 @@
+"""What the gateway's endpoints share for the life of the process: settings, the Redis
+connection and TTS client, the gRPC backends, the session limiter; and the turn factory that
+wires them together for one answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from llmvox_common.tts_client import TTSClient, ensure_group
+from llmvox_common.tts_streams import WORKERS_KEY_PREFIX
+
+from .backends import AsrBackend, ChatMessage, LlmBackend, Sampling
+from .limits import SessionLimiter
+from .sentences import SentenceSplitter
+from .settings import GatewaySettings
+from .turn import ChunkPlan, Turn, TurnTimings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolState:
+    """The TTS replicas whose heartbeat is alive, and whether any runs untrained weights."""
+
+    replicas: int
+    untrained: bool
+
+
+class GatewayRuntime:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url, decode_responses=False, socket_connect_timeout=5
+        )
+        self.tts = TTSClient(self.redis, audio_ttl_s=int(max(600, settings.turn_timeout_s * 2)))
+        self.asr = (
+            AsrBackend(settings.asr_addr, timeout_s=settings.asr_timeout_s)
+            if settings.asr_addr
+            else None
+        )
+        self.llm = (
+            LlmBackend(settings.llm_addr, timeout_s=settings.llm_timeout_s)
+            if settings.llm_addr
+            else None
+        )
+        self.limiter = SessionLimiter(settings.max_sessions)
+        self.plan = ChunkPlan(
+            settings.initial_dump_size_1, settings.initial_dump_size_2, settings.max_dump_size
+        )
+        self.sampling = Sampling(
+            temperature=settings.llm_temperature,
+            top_p=settings.llm_top_p,
+            top_k=settings.llm_top_k,
+            max_tokens=settings.llm_max_tokens,
+        )
+        self.draining = False
+
+    async def start(self) -> None:
+        try:
+            await ensure_group(self.redis)
+        except RedisError as error:  # readiness reports it; the process still starts
+            log.warning("Redis not reachable at start: %s", error)
+
+    async def close(self) -> None:
+        for backend in (self.asr, self.llm):
+            if backend is not None:
+                await backend.close()
+        await self.redis.aclose()
+
+    # -- turns ----------------------------------------------------------------------------------
+
+    def messages(
+        self, history: Sequence[ChatMessage], instructions: str | None = None
+    ) -> list[ChatMessage]:
+        system = instructions if instructions is not None else self.settings.system_prompt
+        head = [ChatMessage("system", system)] if system else []
+        return [*head, *history]
+
+    def turn(
+        self,
+        session: str,
+        source: AsyncIterator[str],
+        *,
+        first_seq: int = 0,
+        source_is_llm: bool,
+        endpoint: str,
+        timings: TurnTimings | None = None,
+        audio_start_id: str = "0",
+    ) -> Turn:
+        return Turn(
+            self.tts,
+            session,
+            source,
+            first_seq=first_seq,
+            plan=self.plan,
+            splitter=SentenceSplitter(
+                clause_words=self.settings.clause_words,
+                max_sentence_words=self.settings.max_sentence_words,
+            ),
+            timings=timings,
+            audio_start_id=audio_start_id,
+            part_timeout_s=self.settings.tts_part_timeout_s,
+            source_is_llm=source_is_llm,
+            endpoint=endpoint,
+        )
+
+    # -- health ---------------------------------------------------------------------------------
+
+    async def pool_state(self) -> PoolState:
+        replicas, untrained = 0, False
+        keys = [key async for key in self.redis.scan_iter(match=WORKERS_KEY_PREFIX + "*")]
+        values = await self.redis.mget(keys) if keys else []
+        for value in values:
+            if value is None:
+                continue
+            replicas += 1
+            untrained = untrained or _heartbeat_info(value).get("untrained", False) is True
+        return PoolState(replicas, untrained)
+
+    async def readiness(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        try:
+            await self.redis.ping()
+            pool = await self.pool_state()
+            checks["redis"] = "ok"
+            checks["tts_replicas"] = pool.replicas
+            checks["tts_untrained"] = pool.untrained
+        except RedisError as error:
+            checks["redis"] = f"error: {error}"
+            checks["tts_replicas"] = 0
+        for name, backend in (("asr", self.asr), ("llm", self.llm)):
+            if backend is None:
+                checks[name] = "not configured"
+            else:
+                checks[name] = "ok" if await backend.ready() else f"not serving at {backend.addr}"
+        ready = (
+            not self.draining
+            and checks["redis"] == "ok"
+            and checks["tts_replicas"] > 0
+            and all(checks[n] in ("ok", "not configured") for n in ("asr", "llm"))
+        )
+        return {"ready": ready, "checks": checks}
+
+
+def _heartbeat_info(value: bytes | str) -> dict[str, Any]:
+    """A replica heartbeat is JSON (`{"at_ms", "profile", "untrained"}`); older replicas wrote
+    a bare timestamp."""
+    try:
+        info = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
