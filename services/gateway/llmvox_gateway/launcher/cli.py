@@ -1,0 +1,119 @@
+"""`llmvox-launch`: run the whole LLMVoX platform on this machine.
+
+Starts Redis (when none answers at --redis_url), the ASR and LLM servers, --tts_replicas TTS
+replicas and the gateway as child processes, waits until each is ready, prefixes their output
+with their names and prints the URL. Ctrl-C stops everything. The original server's flags keep
+their names; every flag is also an environment variable LLMVOX_LAUNCH_<NAME>. Without model flags
+it runs offline: Whisper tiny.en, SmolLM2-135M-Instruct, and the TTS's published weights from
+--checkpoint_dir when they are there, else its UNTRAINED tiny profile (the audio is noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import ValidationError
+
+from .machine import LaunchError, free_port, probe
+from .plan import Plan, PlanError, build_plan, resolve_ports
+from .settings import LaunchSettings
+from .supervisor import LAUNCHER_LABEL, Supervisor
+
+
+def _flag_kind(annotation: Any) -> tuple[Any, list[str] | None]:
+    """argparse type and choices of a settings field (pydantic validates the value later)."""
+    if get_origin(annotation) is Literal:
+        return str, [str(choice) for choice in get_args(annotation)]
+    members = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    literals = [m for m in members if get_origin(m) is Literal]
+    if literals and len(members) == 1:
+        return str, [str(choice) for choice in get_args(literals[0])]
+    if len(members) == 1 and members[0] in (int, float):
+        return members[0], None
+    return str, None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmvox-launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group = parser.add_argument_group("settings (each also env LLMVOX_LAUNCH_<NAME>)")
+    for name, field in LaunchSettings.model_fields.items():
+        kind, choices = _flag_kind(field.annotation)
+        default = field.default if field.default is not None else "unset"
+        group.add_argument(
+            f"--{name}",
+            dest=name,
+            type=kind,
+            choices=choices,
+            default=None,
+            help=f"{field.description or ''} (default: {default})".strip(),
+        )
+    parser.add_argument(
+        "--print_plan",
+        action="store_true",
+        help="print the commands that would run, and exit",
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
+    given = {
+        name: value
+        for name, value in vars(args).items()
+        if name in LaunchSettings.model_fields and value is not None
+    }
+    return LaunchSettings(**given)
+
+
+def format_plan(plan: Plan) -> str:
+    lines = []
+    for stage in plan.stages():
+        for child in stage:
+            lines.append(f"# {child.name} (stage {child.stage}, ready: {child.ready})")
+            for step in child.prepare:
+                lines.append(f"#   first: {shlex.join(step.argv)}")
+            env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(child.env.items()))
+            lines.append(f"{env} {shlex.join(child.argv)}".strip())
+    lines.append(f"# URL: {plan.url}")
+    lines.extend(f"# {notice}" for notice in plan.notices)
+    return "\n".join(lines)
+
+
+def _say(message: str) -> None:
+    print(f"[{LAUNCHER_LABEL}] {message}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = resolve_ports(settings_from_args(args), free_port)
+    except ValidationError as error:
+        print(f"llmvox-launch: invalid settings:\n{error}", file=sys.stderr)
+        return 2
+    try:
+        plan = build_plan(settings, probe(settings, say=_say, install=not args.print_plan))
+    except (PlanError, LaunchError) as error:
+        print(f"llmvox-launch: error: {error}", file=sys.stderr)
+        return 2
+    if args.print_plan:
+        print(format_plan(plan))
+        return 0
+    if plan.notices:
+        bar = "#" * 78
+        print("\n".join([bar, *(f"#  {line}" for line in plan.notices), bar]), flush=True)
+    supervisor = Supervisor(
+        plan, ready_timeout_s=settings.ready_timeout_s, stop_timeout_s=settings.stop_timeout_s
+    )
+    return asyncio.run(supervisor.run())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,325 @@
+"""The launcher's supervisor with tiny real child processes (`python -c` scripts) and real
+signals: stage order, prefixed output, readiness, a child that dies, SIGTERM then SIGKILL, the
+process group, and the children of a launcher that is killed.
+
+Each dummy child appends `<event> <name> <pid>` lines to a shared journal file; the order of the
+lines is the order of the events."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from llmvox_gateway.launcher.plan import ChildSpec, HttpOk, LogLine, Plan, Step
+from llmvox_gateway.launcher.supervisor import Supervisor, pdeathsig_prefix
+
+pytestmark = pytest.mark.unit
+
+DUMMY = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys, time
+    name, journal, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    def record(event):
+        with open(journal, "a") as f:
+            f.write(f"{event} {name} {os.getpid()}\\n")
+
+    def on_term(signum, frame):
+        record("stop")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on_term)
+    record("start")
+    print(f"hello from {name}", flush=True)
+    if mode == "crash":
+        print("boom: the model file is unreadable", file=sys.stderr, flush=True)
+        sys.exit(3)
+    if mode == "grandchild":
+        kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        record(f"grandchild-{kid.pid}")
+    time.sleep(0.2)
+    record("ready")
+    print("ready", flush=True)
+    if mode == "crash-later":
+        time.sleep(0.3)
+        print("lost the connection", flush=True)
+        sys.exit(4)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def dummy(name: str, journal: Path, mode: str = "ok", stage: int = 1) -> ChildSpec:
+    argv = (sys.executable, "-c", DUMMY, name, str(journal), mode)
+    return ChildSpec(name, argv, {}, LogLine("ready"), stage)
+
+
+def events(journal: Path) -> list[tuple[str, str, int]]:
+    if not journal.exists():
+        return []
+    rows = [line.split() for line in journal.read_text().splitlines()]
+    return [(event, name, int(pid)) for event, name, pid in rows]
+
+
+def position(journal: Path, event: str, name: str) -> int:
+    rows = [(e, n) for e, n, _ in events(journal)]
+    assert (event, name) in rows, f"no {event} of {name} in {rows}"
+    return rows.index((event, name))
+
+
+def gone(pid: int, timeout: float = 5.0) -> bool:
+    """The process no longer exists (a zombie waiting for its reaper counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def run(
+    plan: Plan,
+    *,
+    signal_when_ready: signal.Signals | None = signal.SIGINT,
+    **options: float,
+) -> tuple[int, str, float]:
+    """Run the supervisor in this process; when everything is ready, send this process a real
+    signal. Returns the exit status, the output and the seconds it took."""
+    out = io.StringIO()
+
+    def on_ready() -> None:
+        if signal_when_ready is not None:
+            os.kill(os.getpid(), signal_when_ready)
+
+    supervisor = Supervisor(plan, out=out, on_ready=on_ready, poll_interval_s=0.05, **options)
+    started = time.monotonic()
+    status = asyncio.run(supervisor.run())
+    return status, out.getvalue(), time.monotonic() - started
+
+
+def test_stages_start_in_order_and_stop_in_reverse_on_ctrl_c(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    plan = Plan(
+        (dummy("asr", journal), dummy("llm", journal), dummy("gateway", journal, stage=2)),
+        url="http://127.0.0.1:1/",
+        notices=("the TTS is UNTRAINED",),
+    )
+    status, out, _ = run(plan, signal_when_ready=signal.SIGINT)
+    assert status == 0
+    started_gateway = position(journal, "start", "gateway")
+    assert started_gateway > position(journal, "ready", "asr")
+    assert started_gateway > position(journal, "ready", "llm")
+    stopped_gateway = position(journal, "stop", "gateway")
+    assert stopped_gateway < position(journal, "stop", "asr")
+    assert stopped_gateway < position(journal, "stop", "llm")
+    assert all(gone(pid) for _, _, pid in events(journal))
+    lines = out.splitlines()
+    assert "[asr]     hello from asr" in lines
+    assert "[gateway] hello from gateway" in lines
+    assert "[launch]  LLMVoX is ready: http://127.0.0.1:1/" in lines
+    assert "[launch]  the TTS is UNTRAINED" in lines
+    ready_at = lines.index("[launch]  LLMVoX is ready: http://127.0.0.1:1/")
+    assert any(line.startswith("[launch]  stopping gateway") for line in lines[ready_at:])
+
+
+def test_sigterm_stops_everything_too(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    plan = Plan((dummy("a", journal), dummy("b", journal, stage=2)), url="http://x/")
+    status, _, _ = run(plan, signal_when_ready=signal.SIGTERM)
+    assert status == 0
+    assert [e for e, _, _ in events(journal)].count("stop") == 2
+
+
+def test_a_child_that_exits_before_ready_stops_everything_and_is_named(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    plan = Plan(
+        (
+            dummy("asr", journal),
+            dummy("llm", journal, "crash"),
+            dummy("gateway", journal, stage=2),
+        ),
+        url="http://x/",
+    )
+    status, out, _ = run(plan, signal_when_ready=None)
+    assert status == 1
+    assert "error: llm exited with code 3 before it was ready." in out
+    assert "  | boom: the model file is unreadable" in out
+    assert "LLMVoX is ready" not in out
+    assert "gateway" not in {name for _, name, _ in events(journal)}  # never started
+    assert all(gone(pid) for _, _, pid in events(journal))
+
+
+def test_a_child_that_dies_while_running_stops_everything(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    plan = Plan(
+        (dummy("tts1", journal), dummy("gateway", journal, "crash-later", stage=2)),
+        url="http://x/",
+    )
+    status, out, _ = run(plan, signal_when_ready=None)
+    assert status == 1
+    assert "LLMVoX is ready" in out
+    assert "error: gateway exited with code 4 while running." in out
+    assert "  | lost the connection" in out
+    assert position(journal, "stop", "tts1") >= 0
+    assert all(gone(pid) for _, _, pid in events(journal))
+
+
+def test_sigkill_after_the_grace_period(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    plan = Plan((dummy("stubborn", journal, "stubborn"),), url="http://x/")
+    status, out, took = run(plan, stop_timeout_s=0.5)
+    assert status == 0
+    assert "stubborn did not stop within 0.5 s: SIGKILL" in out
+    assert "stubborn stopped (ended by SIGKILL)" in out
+    ((_, _, pid),) = [row for row in events(journal) if row[0] == "start"]
+    assert gone(pid)
+    assert took < 10
+
+
+def test_the_whole_process_group_is_stopped(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    plan = Plan((dummy("parent", journal, "grandchild"),), url="http://x/")
+    status, _, _ = run(plan)
+    assert status == 0
+    (grandchild,) = [int(e.split("-")[1]) for e, _, _ in events(journal) if e.startswith("grand")]
+    assert gone(grandchild)
+
+
+def test_a_preparation_step_runs_before_its_child(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    script = f"open({str(journal)!r}, 'a').write('prepared llm 0\\n'); print('converted')"
+    step = Step((sys.executable, "-c", script), description="converting once")
+    spec = dummy("llm", journal)
+    plan = Plan((ChildSpec(spec.name, spec.argv, {}, spec.ready, 1, (step,)),), url="http://x/")
+    status, out, _ = run(plan)
+    assert status == 0
+    assert position(journal, "prepared", "llm") < position(journal, "start", "llm")
+    assert "[llm]    converted" in out
+
+
+def test_a_failed_preparation_step_is_named_and_the_child_never_starts(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    failing = Step(
+        (sys.executable, "-c", "import sys; print('gguf file is truncated'); sys.exit(2)"),
+        description="converting once",
+    )
+    spec = dummy("llm", journal)
+    plan = Plan((ChildSpec(spec.name, spec.argv, {}, spec.ready, 1, (failing,)),), url="http://x/")
+    status, out, _ = run(plan, signal_when_ready=None)
+    assert status == 1
+    assert "[launch] llm: converting once" in out
+    assert "[llm]    gguf file is truncated" in out
+    assert "error: llm preparation" in out
+    assert "exited with code 2" in out
+    assert events(journal) == []
+
+
+def test_a_readiness_timeout_is_named(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    spec = dummy("asr", journal)
+    plan = Plan((ChildSpec("asr", spec.argv, {}, LogLine("never printed"), 1),), url="http://x/")
+    status, out, took = run(plan, signal_when_ready=None, ready_timeout_s=1.0)
+    assert status == 1
+    assert "error: asr was not ready within 1 s (last check: no line with 'never printed')." in out
+    assert all(gone(pid) for _, _, pid in events(journal))
+    assert took < 10
+
+
+def test_http_readiness_and_the_child_environment(tmp_path: Path) -> None:
+    port = _free_port()
+    server = ChildSpec(
+        "web",
+        (sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"),
+        {"LLMVOX_TEST_MARK": "1"},
+        HttpOk(f"http://127.0.0.1:{port}/"),
+        1,
+    )
+    probe = (
+        sys.executable,
+        "-c",
+        "import os, time\n"
+        "print('mark', os.environ.get('LLMVOX_TEST_MARK'), os.environ['ONLY_HERE'], flush=True)\n"
+        "time.sleep(60)",
+    )
+    plan = Plan(
+        (ChildSpec("probe", probe, {"ONLY_HERE": "yes"}, None, 0), server),
+        url=f"http://127.0.0.1:{port}/",
+    )
+    status, out, _ = run(plan)
+    assert status == 0
+    assert "[probe]  mark None yes" in out  # its own env, not its sibling's
+    assert "[launch] web is ready" in out
+    assert out.index("[launch] web is ready") < out.index("LLMVoX is ready")
+
+
+def test_a_readiness_timeout_says_what_the_last_check_saw() -> None:
+    port = _free_port()
+    server = ChildSpec(
+        "web",
+        (sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"),
+        {},
+        HttpOk(f"http://127.0.0.1:{port}/readyz"),
+        1,
+    )
+    status, out, _ = run(Plan((server,), url="http://x/"), ready_timeout_s=3.0)
+    assert status == 1
+    assert "error: web was not ready within 3 s (last check: HTTP 404 from" in out
+
+
+def test_children_get_sigterm_when_the_launcher_is_killed(tmp_path: Path) -> None:
+    if not pdeathsig_prefix():
+        pytest.fail("setpriv --pdeathsig (util-linux) is needed on Linux")
+    journal = tmp_path / "journal"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from llmvox_gateway.launcher.plan import ChildSpec, LogLine, Plan
+        from llmvox_gateway.launcher.supervisor import Supervisor
+        argv = (sys.executable, "-c", {DUMMY!r}, "orphan", {str(journal)!r}, "ok")
+        plan = Plan((ChildSpec("orphan", argv, {{}}, LogLine("ready"), 1),), url="http://x/")
+        asyncio.run(Supervisor(plan, on_ready=lambda: print("READY", flush=True)).run())
+        """
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout is not None
+        for line in launcher.stdout:
+            if "READY" in line:
+                break
+        launcher.kill()  # no chance to clean up
+        launcher.wait(timeout=10)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "stop" not in [e for e, _, _ in events(journal)]:
+        time.sleep(0.05)
+    assert [e for e, _, _ in events(journal)][-1] == "stop"
+    ((_, _, pid),) = [row for row in events(journal) if row[0] == "start"]
+    assert gone(pid)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
