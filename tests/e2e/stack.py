@@ -106,6 +106,8 @@ class Stack:
         return service, url
 
     def stop(self, service: Service) -> None:
+        if service in self.services:  # a stopped service is no longer part of the stack
+            self.services.remove(service)
         if service.process.poll() is None:
             service.process.terminate()
             try:
@@ -115,7 +117,7 @@ class Stack:
                 service.process.wait()
 
     def stop_all(self) -> None:
-        for service in reversed(self.services):
+        for service in reversed(list(self.services)):
             self.stop(service)
 
 

@@ -270,3 +270,12 @@ def test_audio_append_as_base64_json_and_clear(stack: Stack) -> None:
         receive_until(ws, "input_audio_buffer.cleared")
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         assert "empty" in receive_until(ws, "error").events[-1]["error"]["message"]
+
+
+def test_oversized_message_closes_with_1009(stack: Stack) -> None:
+    with open_session(ws_url(stack.base_url)) as (ws, _):
+        ws.send(b"\0" * (5 * 1024 * 1024))  # above the gateway's 4 MiB message bound
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)  # nothing is sent to this session before the close
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009

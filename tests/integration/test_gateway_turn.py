@@ -197,3 +197,27 @@ def test_consumer_leaving_early_cancels_the_jobs(redis_client: RedisClientFactor
             return await redis.get(cancel_key("sess-1"))
 
     assert asyncio.run(scenario()) == b"1"
+
+
+def test_a_turn_longer_than_its_limit_fails_with_504(redis_client: RedisClientFactory) -> None:
+    async def scenario() -> TurnDone:
+        async with redis_client() as redis:
+            await ensure_group(redis)
+            turn = Turn(
+                TTSClient(redis),
+                "sess-1",
+                deltas(*["word "] * 1000, delay=0.01),
+                first_seq=0,
+                plan=ChunkPlan(),
+                splitter=SentenceSplitter(),
+                turn_timeout_s=0.3,
+            )
+            events = [event async for event in turn.events()]
+            done = events[-1]
+            assert isinstance(done, TurnDone)
+            return done
+
+    done = asyncio.run(scenario())
+    assert done.status == "failed"
+    assert done.error is not None
+    assert done.error.status == 504

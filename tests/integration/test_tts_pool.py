@@ -402,3 +402,25 @@ def test_streamed_job_without_text_times_out(
 
     parts = asyncio.run(scenario())
     assert [(p.error_kind, p.last) for p in parts] == [("text_timeout", True)]
+
+
+def test_replica_recreates_a_vanished_jobs_stream_and_keeps_serving(
+    replicas: Replicas, redis_client: RedisClientFactory
+) -> None:
+    """A Redis restarted without persistence (or flushed) loses the stream and its group; the
+    replica must not die of NOGROUP but create them again."""
+    replicas.start("r1")
+
+    async def scenario() -> list[AudioPart]:
+        async with redis_client() as client:
+            await client.delete(JOBS_STREAM)
+            await asyncio.sleep(0.5)  # the blocked read is woken with UNBLOCKED, then NOGROUP
+            tts = TTSClient(client)
+            await tts.enqueue_text("after-flush", 0, "Still serving.", last=True)
+            return await tts.collect("after-flush", 0, timeout_s=30)
+
+    parts = asyncio.run(scenario())
+    assert parts
+    assert parts[-1].last
+    assert all(p.error is None for p in parts)
+    assert "creating it again" in replicas.log("r1")

@@ -58,7 +58,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             f"{'.'.join(str(x) for x in p.get('loc', ()) if x != 'body') or 'body'}: {p.get('msg')}"
             for p in problems[:5]
         )
-        gateway = GatewayError(status, "invalid_request", details)
+        gateway = GatewayError(status, "invalid_request_error", details)
         return await gateway_error(request, gateway)
 
     if settings.cors_origins:

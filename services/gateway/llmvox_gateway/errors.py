@@ -18,22 +18,32 @@ WS_TRY_AGAIN_LATER = 1013
 class GatewayError(Exception):
     """A failure the client should see, with its HTTP status and a short machine-readable type."""
 
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    def __init__(self, status: int, kind: str, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.code = code or kind
         self.message = message
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"type": self.kind, "code": self.status, "message": self.message}}
+        """`type` the family, `code` the precise case (both strings, as OpenAI's errors),
+        `status` the HTTP status that goes with it."""
+        return {
+            "error": {
+                "type": self.kind,
+                "code": self.code,
+                "status": self.status,
+                "message": self.message,
+            }
+        }
 
 
 def bad_request(message: str) -> GatewayError:
-    return GatewayError(400, "invalid_request", message)
+    return GatewayError(400, "invalid_request_error", message)
 
 
 def invalid_field(message: str) -> GatewayError:
-    return GatewayError(422, "invalid_request", message)
+    return GatewayError(422, "invalid_request_error", message)
 
 
 def too_large(message: str) -> GatewayError:
@@ -46,9 +56,9 @@ def unavailable(message: str) -> GatewayError:
 
 # gRPC status → (HTTP status, type): a caller's mistake stays a 4xx, a backend's trouble a 5xx.
 _GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (422, "invalid_request"),
-    grpc.StatusCode.FAILED_PRECONDITION: (422, "invalid_request"),
-    grpc.StatusCode.OUT_OF_RANGE: (422, "invalid_request"),
+    grpc.StatusCode.INVALID_ARGUMENT: (422, "invalid_request_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (422, "invalid_request_error"),
+    grpc.StatusCode.OUT_OF_RANGE: (422, "invalid_request_error"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "busy"),
     grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),

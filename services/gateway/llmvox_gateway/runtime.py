@@ -107,6 +107,7 @@ class GatewayRuntime:
             timings=timings,
             audio_start_id=audio_start_id,
             part_timeout_s=self.settings.tts_part_timeout_s,
+            turn_timeout_s=self.settings.turn_timeout_s,
             source_is_llm=source_is_llm,
             endpoint=endpoint,
         )

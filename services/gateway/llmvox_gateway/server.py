@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import FrameType
 
 import uvicorn
 
@@ -30,6 +31,17 @@ def serve(settings: GatewaySettings) -> int:
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config)
     server.run()
     return 0
+
+
+class _DrainingServer(uvicorn.Server):
+    """Marks the gateway not ready (`/readyz` 503) as soon as SIGTERM arrives, so a load balancer
+    stops sending new sessions while the running ones finish."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        runtime = getattr(self.config.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.draining = True
+        super().handle_exit(sig, frame)

@@ -116,6 +116,12 @@ class TurnDone:
 TurnEvent = TextDelta | AudioChunk | TurnDone
 
 
+def _loop_time(monotonic_deadline: float) -> float:
+    """A `time.monotonic()` deadline on the event loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())
+
+
 class _End:
     """A task's last word in the queue: its failure, or None."""
 
@@ -143,6 +149,7 @@ class Turn:
         timings: TurnTimings | None = None,
         audio_start_id: str = "0",
         part_timeout_s: float = 30.0,
+        turn_timeout_s: float = 120.0,
         source_is_llm: bool = True,
         endpoint: str = "ws",
     ) -> None:
@@ -155,6 +162,7 @@ class Turn:
         self._splitter = splitter
         self.timings = timings or TurnTimings()
         self._part_timeout_s = part_timeout_s
+        self._turn_timeout_s = turn_timeout_s
         self._source_is_llm = source_is_llm
         self._endpoint = endpoint
         self._queue: asyncio.Queue[TextDelta | AudioChunk | _End] = asyncio.Queue(_QUEUE_EVENTS)
@@ -270,9 +278,17 @@ class Turn:
         ]
         running = len(self._tasks)
         error: GatewayError | None = None
+        deadline = self.timings.started + self._turn_timeout_s
         try:
             while running and not self._cancelled:
-                item = await self._queue.get()
+                try:
+                    async with asyncio.timeout_at(_loop_time(deadline)):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    error = GatewayError(
+                        504, "timeout", f"the turn took longer than {self._turn_timeout_s:g} s"
+                    )
+                    break
                 if isinstance(item, _End):
                     running -= 1
                     if item.error is not None:

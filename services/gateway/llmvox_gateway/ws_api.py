@@ -121,10 +121,8 @@ class WsSession:
     def send_event(self, event: dict[str, Any]) -> None:
         self._put(json.dumps(event))
 
-    def send_error(self, error: GatewayError, code: str | None = None) -> None:
-        body = error.body()["error"]
-        body["code"] = code or body["type"]
-        self.send_event({"type": "error", "error": body})
+    def send_error(self, error: GatewayError) -> None:
+        self.send_event({"type": "error", "error": error.body()["error"]})
 
     def _session_info(self, untrained: bool | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -312,7 +310,12 @@ class WsSession:
         if utterance is None or utterance.bytes == 0:
             if utterance is not None:
                 await utterance.stream.cancel()
-            raise GatewayError(400, "invalid_request_error", "input audio buffer is empty")
+            raise GatewayError(
+                400,
+                "invalid_request_error",
+                "input audio buffer is empty",
+                code="input_audio_buffer_commit_empty",
+            )
         timings = TurnTimings()
         seconds = utterance.bytes / 2 / self.config.input_sample_rate
         self.send_event({"type": "input_audio_buffer.committed", "audio_seconds": seconds})
@@ -391,7 +394,9 @@ class WsSession:
                     }
                 )
                 if not transcript.text:
-                    raise GatewayError(422, "no_speech", "no speech recognised in the audio")
+                    raise GatewayError(
+                        422, "invalid_request_error", "no speech recognised", code="no_speech"
+                    )
                 self.history.add(ChatMessage("user", transcript.text))
             source = text_source or self._llm_source(instructions)
             turn = self.runtime.turn(

@@ -139,9 +139,13 @@ class Replica:
             if free <= 0:
                 await asyncio.sleep(0.005)
                 continue
-            reply = await self.redis.xreadgroup(
-                CONSUMER_GROUP, self.name, {JOBS_STREAM: ">"}, count=free, block=100
-            )
+            try:
+                reply = await self.redis.xreadgroup(
+                    CONSUMER_GROUP, self.name, {JOBS_STREAM: ">"}, count=free, block=100
+                )
+            except ResponseError as error:
+                await self._recreate_group_or_raise(error)
+                continue
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     await self._start(_s(entry_id), fields)
@@ -153,14 +157,18 @@ class Replica:
             free = self.free_slots
             if free <= 0 or not self.accepting:
                 continue
-            reply = await self.redis.xautoclaim(
-                JOBS_STREAM,
-                CONSUMER_GROUP,
-                self.name,
-                self.settings.claim_idle_ms,
-                start_id="0-0",
-                count=free,
-            )
+            try:
+                reply = await self.redis.xautoclaim(
+                    JOBS_STREAM,
+                    CONSUMER_GROUP,
+                    self.name,
+                    self.settings.claim_idle_ms,
+                    start_id="0-0",
+                    count=free,
+                )
+            except ResponseError as error:
+                await self._recreate_group_or_raise(error)
+                continue
             for entry_id, fields in reply[1]:
                 entry_id = _s(entry_id)
                 if entry_id in self.active:
@@ -180,6 +188,15 @@ class Replica:
                     continue
                 await self._start(entry_id, fields)
 
+    async def _recreate_group_or_raise(self, error: ResponseError) -> None:
+        """The jobs stream or its group vanished (a flushed or restarted Redis without
+        persistence): create them again instead of dying, so the pool heals by itself."""
+        message = str(error)
+        if "NOGROUP" not in message and "UNBLOCKED" not in message:
+            raise error
+        log.warning("jobs stream or group missing (%s); creating it again", message)
+        await ensure_group(self.redis)
+
     async def _refresh_loop(self) -> None:
         # XCLAIM with JUSTID resets the idle time of our own pending entries without counting a
         # delivery: a slow streamed job is not mistaken for a dead replica's.
@@ -187,9 +204,12 @@ class Replica:
         while True:
             await asyncio.sleep(interval)
             if self.active:
-                await self.redis.xclaim(
-                    JOBS_STREAM, CONSUMER_GROUP, self.name, 0, list(self.active), justid=True
-                )
+                try:
+                    await self.redis.xclaim(
+                        JOBS_STREAM, CONSUMER_GROUP, self.name, 0, list(self.active), justid=True
+                    )
+                except ResponseError as error:
+                    await self._recreate_group_or_raise(error)
             await self._heartbeat()
 
     async def _heartbeat(self) -> None:
