@@ -7,14 +7,13 @@ starts another gateway over the same services (other limits, API keys). The Redi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.integration.conftest import ensure_espeak
+from tests.integration.conftest import ensure_espeak, scratch_redis_url
 
 from .stack import DEFAULT_E2E_REDIS_URL, E2E_REDIS_ENV, Stack, running_stack
 
@@ -24,14 +23,9 @@ ARTIFACTS = REPO_ROOT / "out" / "test-artifacts"
 
 @pytest.fixture(scope="session")
 def e2e_redis_url() -> str:
-    url = os.environ.get(E2E_REDIS_ENV, DEFAULT_E2E_REDIS_URL)
+    url = scratch_redis_url(E2E_REDIS_ENV, DEFAULT_E2E_REDIS_URL)
     with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) as client:
-        if client.connection_pool.connection_kwargs.get("db", 0) == 0:
-            pytest.fail(f"{E2E_REDIS_ENV}={url} names db 0; use a scratch database")
-        try:
-            client.flushdb()
-        except redis.RedisError as error:
-            pytest.fail(f"Redis is not reachable at {url} ({error}); start it with `make redis`")
+        client.flushdb()
     return url
 
 

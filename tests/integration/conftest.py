@@ -58,22 +58,27 @@ class RedisClientFactory:
             self.open_clients -= 1
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The test database's URL, after checking that it is not db 0 and that Redis answers."""
-    url = os.environ.get(REDIS_URL_ENV, DEFAULT_TEST_REDIS_URL)
+def scratch_redis_url(env_name: str, default: str) -> str:
+    """`$env_name` or `default`, after checking that it is not db 0 (tests flush it, and db 0
+    may hold real data) and that Redis answers; fails with the reason, never skips."""
+    url = os.environ.get(env_name, default)
     with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) as client:
-        # Every test flushes this database: refuse the default one, which may hold real data.
         if client.connection_pool.connection_kwargs.get("db", 0) == 0:
-            pytest.fail(f"{REDIS_URL_ENV}={url} names db 0; use a scratch database such as /15")
+            pytest.fail(f"{env_name}={url} names db 0; use a scratch database such as /15")
         try:
             client.ping()
         except redis.RedisError as error:
             pytest.fail(
                 f"Redis is not reachable at {url} ({error}); start it with `make redis` "
-                f"or point {REDIS_URL_ENV} at a server"
+                f"or point {env_name} at a server"
             )
     return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test database's URL (LLMVOX_TEST_REDIS_URL, default db 15)."""
+    return scratch_redis_url(REDIS_URL_ENV, DEFAULT_TEST_REDIS_URL)
 
 
 def _flush(url: str) -> None:

@@ -24,6 +24,7 @@ from .backends import ChatMessage, require
 from .errors import GatewayError, invalid_field
 from .inputs import (
     SPEECH_FORMATS,
+    AudioInput,
     MultimodalChatRequest,
     SpeechRequest,
     TtsRequest,
@@ -120,6 +121,47 @@ def _upstream_stream(
 # -- the original server's endpoints -------------------------------------------------------------
 
 
+def _llm_turn(
+    runtime: GatewayRuntime,
+    endpoint: str,
+    message: ChatMessage,
+    session: str,
+    timings: TurnTimings,
+) -> Turn:
+    messages = runtime.messages([message])
+    return runtime.turn(
+        session,
+        _llm_source(runtime, messages),
+        source_is_llm=True,
+        endpoint=endpoint,
+        timings=timings,
+    )
+
+
+async def _transcribe(
+    runtime: GatewayRuntime,
+    audio: AudioInput,
+    source_language: str,
+    target_language: str,
+    timings: TurnTimings,
+) -> str:
+    asr = require(runtime.asr, "ASR")
+    require(runtime.llm, "LLM")  # before the ASR's work, which would be wasted without it
+    transcript = await asr.recognize(
+        audio.pcm16,
+        audio.sample_rate,
+        language=source_language or runtime.settings.language,
+        target_language=target_language,
+    )
+    timings.mark("asr")
+    metrics.ASR_SECONDS.observe((timings.asr or 0.0) - timings.started)
+    if not transcript.text:
+        raise GatewayError(
+            422, "invalid_request_error", "audio_base64: no speech recognised", code="no_speech"
+        )
+    return transcript.text
+
+
 @protected.post("/tts")
 async def tts(body: TtsRequest, request: Request) -> Response:
     runtime = runtime_of(request)
@@ -131,14 +173,7 @@ async def tts(body: TtsRequest, request: Request) -> Response:
                 session, _text_source(text), source_is_llm=False, endpoint="tts", timings=timings
             )
         require(runtime.llm, "LLM")
-        messages = runtime.messages([ChatMessage("user", text)])
-        return runtime.turn(
-            session,
-            _llm_source(runtime, messages),
-            source_is_llm=True,
-            endpoint="tts",
-            timings=timings,
-        )
+        return _llm_turn(runtime, "tts", ChatMessage("user", text), session, timings)
 
     return await _upstream_stream(runtime, "tts", build)
 
@@ -149,26 +184,10 @@ async def voicechat(body: VoiceChatRequest, request: Request) -> Response:
     audio = decode_audio(body.audio_base64, runtime.settings)
 
     async def build(session: str, timings: TurnTimings) -> Turn:
-        asr = require(runtime.asr, "ASR")
-        require(runtime.llm, "LLM")
-        transcript = await asr.recognize(
-            audio.pcm16,
-            audio.sample_rate,
-            language=body.source_language or runtime.settings.language,
-            target_language=body.target_language,
+        text = await _transcribe(
+            runtime, audio, body.source_language, body.target_language, timings
         )
-        timings.mark("asr")
-        metrics.ASR_SECONDS.observe((timings.asr or 0.0) - timings.started)
-        if not transcript.text:
-            raise invalid_field("audio_base64: no speech recognised")
-        messages = runtime.messages([ChatMessage("user", transcript.text)])
-        return runtime.turn(
-            session,
-            _llm_source(runtime, messages),
-            source_is_llm=True,
-            endpoint="voicechat",
-            timings=timings,
-        )
+        return _llm_turn(runtime, "voicechat", ChatMessage("user", text), session, timings)
 
     return await _upstream_stream(runtime, "voicechat", build)
 
@@ -180,25 +199,11 @@ async def vlmschat(body: VlmsChatRequest, request: Request) -> Response:
     images = decode_images([body.image_base64], runtime.settings, "image_base64")
 
     async def build(session: str, timings: TurnTimings) -> Turn:
-        asr = require(runtime.asr, "ASR")
-        require(runtime.llm, "LLM")
-        transcript = await asr.recognize(
-            audio.pcm16,
-            audio.sample_rate,
-            language=body.source_language or runtime.settings.language,
-            target_language=body.target_language,
+        text = await _transcribe(
+            runtime, audio, body.source_language, body.target_language, timings
         )
-        timings.mark("asr")
-        if not transcript.text:
-            raise invalid_field("audio_base64: no speech recognised")
-        messages = runtime.messages([ChatMessage("user", transcript.text, images=images)])
-        return runtime.turn(
-            session,
-            _llm_source(runtime, messages),
-            source_is_llm=True,
-            endpoint="vlmschat",
-            timings=timings,
-        )
+        message = ChatMessage("user", text, images=images)
+        return _llm_turn(runtime, "vlmschat", message, session, timings)
 
     return await _upstream_stream(runtime, "vlmschat", build)
 
@@ -212,14 +217,7 @@ async def multimodalchat(body: MultimodalChatRequest, request: Request) -> Respo
     async def build(session: str, timings: TurnTimings) -> Turn:
         require(runtime.llm, "LLM")
         message = ChatMessage("user", MULTIMODAL_PROMPT, images=images, audios=[audio.wav])
-        messages = runtime.messages([message])
-        return runtime.turn(
-            session,
-            _llm_source(runtime, messages),
-            source_is_llm=True,
-            endpoint="multimodalchat",
-            timings=timings,
-        )
+        return _llm_turn(runtime, "multimodalchat", message, session, timings)
 
     return await _upstream_stream(runtime, "multimodalchat", build)
 
