@@ -66,6 +66,7 @@ class Stack:
     log_dir: Path
     asr_addr: str = ""
     llm_addr: str = ""
+    llm_metrics_url: str = ""
     services: list[Service] = field(default_factory=list)
     base_url: str = ""
 
@@ -148,7 +149,8 @@ def wait_ready(url: str, services: list[Service], timeout: float) -> None:
 def running_stack(redis_url: str, log_dir: Path, *, replicas: int = 2) -> Iterator[Stack]:
     stack = Stack(redis_url, log_dir)
     try:
-        asr_port, llm_port = free_port(), free_port()
+        asr_port, llm_port, llm_metrics_port = free_port(), free_port(), free_port()
+        stack.llm_metrics_url = f"http://127.0.0.1:{llm_metrics_port}/metrics"
         stack.asr_addr, stack.llm_addr = f"127.0.0.1:{asr_port}", f"127.0.0.1:{llm_port}"
         stack.start(
             "asr",
@@ -178,6 +180,8 @@ def running_stack(redis_url: str, log_dir: Path, *, replicas: int = 2) -> Iterat
                 "127.0.0.1",
                 "--port",
                 str(llm_port),
+                "--metrics-port",
+                str(llm_metrics_port),
                 "--model",
                 str(smollm2_dir()),
                 "--device",

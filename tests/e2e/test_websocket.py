@@ -10,6 +10,7 @@ import contextlib
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,3 +280,28 @@ def test_oversized_message_closes_with_1009(stack: Stack) -> None:
             ws.recv(timeout=30)  # nothing is sent to this session before the close
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1009
+
+
+def llm_calls_cancelled(stack: Stack) -> float:
+    text = urllib.request.urlopen(stack.llm_metrics_url, timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith('llmvox_llm_requests_total{status="cancelled"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_barge_in_on_an_llm_answer_cancels_the_llm_call(stack: Stack) -> None:
+    before = llm_calls_cancelled(stack)
+    with open_session(ws_url(stack.base_url)) as (ws, _):
+        content = [{"type": "input_text", "text": "Tell me a long story about a dragon."}]
+        item = {"type": "message", "role": "user", "content": content}
+        ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+        ws.send(json.dumps({"type": "response.create"}))
+        received = receive_until(ws, "response.text.delta")
+        ws.send(json.dumps({"type": "response.cancel"}))
+        received = receive_until(ws, "response.done", received=received)
+    assert received.done["status"] == "cancelled"
+    deadline = time.monotonic() + 20
+    while llm_calls_cancelled(stack) < before + 1:
+        assert time.monotonic() < deadline, "the LLM server never saw the call cancelled"
+        time.sleep(0.2)
