@@ -212,8 +212,31 @@ def test_audio_and_image_limits(stack: Stack) -> None:
 
 def test_session_limit_answers_429_and_api_keys_are_enforced(stack: Stack) -> None:
     gateway, url = stack.start_gateway(
-        "gateway-limited", "--max_sessions", "1", "--api_keys", "k1,k2"
+        "gateway-limited",
+        "--max_sessions",
+        "1",
+        "--api_keys",
+        "k1,k2",
+        "--cors_origins",
+        "http://app.example",
     )
+    preflight = requests.options(
+        f"{url}/tts",
+        headers={
+            "Origin": "http://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+        timeout=10,
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+    other = requests.options(
+        f"{url}/tts",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        timeout=10,
+    )
+    assert "access-control-allow-origin" not in other.headers
     try:
         assert (
             requests.post(
