@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import socket
 import subprocess
 import time
 import urllib.request
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
 from websockets.sync.client import ClientConnection, connect
 
 from llmvox_common.audio import float_to_pcm16, read_wav
@@ -305,3 +307,41 @@ def test_barge_in_on_an_llm_answer_cancels_the_llm_call(stack: Stack) -> None:
     while llm_calls_cancelled(stack) < before + 1:
         assert time.monotonic() < deadline, "the LLM server never saw the call cancelled"
         time.sleep(0.2)
+
+
+def test_a_client_that_does_not_read_is_dropped_not_buffered(stack: Stack) -> None:
+    """send_queue_frames bounds what the gateway holds for one client: a client that stops
+    reading (tiny socket buffer, no reads) is closed with 1008 instead of growing memory."""
+    gateway, url = stack.start_gateway("gateway-slow-client", "--send_queue_frames", "8")
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        with open_session(ws_url(url), sock=sock, max_queue=1) as (ws, _):
+            text = " ".join(["Audio piles up for a client that never reads it."] * 70)
+            ws.send(json.dumps({"type": "llmvox.text.append", "text": text}))
+            ws.send(json.dumps({"type": "llmvox.text.commit"}))
+            deadline = time.monotonic() + TIMEOUT_S
+            while "slow_clients_dropped_total 1.0" not in _metrics(url):
+                assert time.monotonic() < deadline, "the slow client was never dropped"
+                time.sleep(0.5)
+            close = _drain_until_closed(ws)
+            assert close is not None
+            assert close.code == 1008
+            assert "slow" in close.reason
+    finally:
+        stack.stop(gateway)
+
+
+def _metrics(url: str) -> str:
+    return urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+
+
+def _drain_until_closed(ws: ClientConnection) -> Close | None:
+    """Read what was already on the wire, then return the close frame the server sent."""
+    while True:
+        try:
+            ws.recv(timeout=30)
+        except ConnectionClosed as closed:
+            return closed.rcvd
