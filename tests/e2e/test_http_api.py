@@ -285,11 +285,12 @@ def test_session_limit_answers_429_and_api_keys_are_enforced(stack: Stack) -> No
 
 
 def test_metrics_count_requests_and_time_to_first_audio(stack: Stack) -> None:
-    upstream_client(f"{stack.base_url}/tts", {"text": "Count me.", "verbatim": True})
+    upstream_client(f"{stack.base_url}/tts", {"text": "Say one word."})  # through the LLM
     text = requests.get(f"{stack.base_url}/metrics", timeout=10).text
     assert 'llmvox_gateway_requests_total{endpoint="tts",status="200"}' in text
     assert 'llmvox_time_to_first_audio_seconds_count{endpoint="tts"}' in text
     assert "llmvox_gateway_chunks_resequenced_total" in text
+    assert "llmvox_llm_first_token_seen_seconds_count 0.0" not in text
     ready = json.loads(requests.get(f"{stack.base_url}/readyz", timeout=10).text)
     assert ready["ready"] is True
     assert ready["checks"]["tts_replicas"] == 2

@@ -195,8 +195,11 @@ class Turn:
 
     async def _produce(self) -> None:
         async for delta in self._source:
-            if self._source_is_llm:
+            if self._source_is_llm and self.timings.llm_first_token is None:
                 self.timings.mark("llm_first_token")
+                # The LLM is called when the transcript is final (voice) or at once (text).
+                called = self.timings.asr or self.timings.started
+                metrics.LLM_FIRST_TOKEN.observe((self.timings.llm_first_token or called) - called)
             self._text.append(delta)
             await self._queue.put(TextDelta(delta))
             for batch in self._splitter.push(delta):
