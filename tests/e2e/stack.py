@@ -81,8 +81,11 @@ class Stack:
         self.services.append(service)
         return service
 
-    def start_gateway(self, name: str = "gateway", *args: str) -> tuple[Service, str]:
-        """A gateway over this stack's services; returns it and its base URL once ready."""
+    def start_gateway(
+        self, name: str = "gateway", *args: str, ready: bool = True
+    ) -> tuple[Service, str]:
+        """A gateway over this stack's services; returns it and its base URL once ready (or,
+        with `ready=False`, once it answers /healthz)."""
         port = free_port()
         service = self.start(
             name,
@@ -103,7 +106,9 @@ class Stack:
             ],
         )
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, [service, *self.services], timeout=240)
+        wait_ready(
+            url, [service, *self.services], timeout=240, path="readyz" if ready else "healthz"
+        )
         return service, url
 
     def stop(self, service: Service) -> None:
@@ -122,27 +127,27 @@ class Stack:
             self.stop(service)
 
 
-def readiness(url: str) -> tuple[int, dict[str, object]]:
+def readiness(url: str, path: str = "readyz") -> tuple[int, dict[str, object]]:
     try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+        with urllib.request.urlopen(f"{url}/{path}", timeout=5) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
 
 
-def wait_ready(url: str, services: list[Service], timeout: float) -> None:
+def wait_ready(url: str, services: list[Service], timeout: float, path: str = "readyz") -> None:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         for service in services:
             service.check_alive()
         with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
-            status, last = readiness(url)
+            status, last = readiness(url, path)
             if status == 200:
                 return
         time.sleep(0.5)
     logs = "\n".join(f"--- {s.name}\n{s.log(1500)}" for s in services)
-    pytest.fail(f"{url} not ready after {timeout} s (last /readyz: {last}):\n{logs}")
+    pytest.fail(f"{url} not ready after {timeout} s (last /{path}: {last}):\n{logs}")
 
 
 @contextlib.contextmanager

@@ -90,26 +90,56 @@ def test_voicechat_transcribes_answers_and_speaks(
     assert audio.size > 0
 
 
-def test_vision_endpoints_against_a_text_only_llm_answer_with_a_clear_error(
+def test_vision_endpoints_need_a_vision_chat_type(
     stack: Stack, espeak_bin: str, tmp_path: Path
 ) -> None:
     wav = speak_wav(espeak_bin, "What is in this picture?", tmp_path / "q.wav")
-    png = _png()
     audio_b64 = base64.b64encode(wav.read_bytes()).decode()
-    image_b64 = base64.b64encode(png).decode()
+    image_b64 = base64.b64encode(_png()).decode()
+    # The stack's gateway serves chat_type=voice: refused before any ASR work.
     vlm = requests.post(
         f"{stack.base_url}/vlmschat",
         json={"audio_base64": audio_b64, "image_base64": image_b64},
-        timeout=300,
+        timeout=60,
     )
     assert vlm.status_code == 422, vlm.text
-    assert "llm" in error_of(vlm)["message"]
+    assert error_of(vlm)["code"] == "unsupported_chat_type"
     multi = requests.post(
         f"{stack.base_url}/multimodalchat",
         json={"audio_base64": audio_b64, "image_list": [image_b64]},
-        timeout=300,
+        timeout=60,
     )
     assert multi.status_code == 422, multi.text
+    assert "multimodal" in str(error_of(multi)["message"])
+    # Told the LLM takes images when it does not (SmolLM2 is text-only): the LLM service's
+    # INVALID_ARGUMENT comes back as a 422 naming it, after the ASR ran.
+    gateway, url = stack.start_gateway("gateway-vision", "--chat_type", "visual_speech")
+    try:
+        vlm = requests.post(
+            f"{url}/vlmschat",
+            json={"audio_base64": audio_b64, "image_base64": image_b64},
+            timeout=300,
+        )
+        assert vlm.status_code == 422, vlm.text
+        assert str(error_of(vlm)["message"]).startswith("llm:")
+    finally:
+        stack.stop(gateway)
+
+
+def test_redis_down_is_a_503_not_a_crash(stack: Stack) -> None:
+    gateway, url = stack.start_gateway(
+        "gateway-no-redis", "--redis_url", "redis://127.0.0.1:1/0", ready=False
+    )
+    try:
+        ready = requests.get(f"{url}/readyz", timeout=30)
+        assert ready.status_code == 503
+        assert str(ready.json()["checks"]["redis"]).startswith("error")
+        spoken = requests.post(f"{url}/tts", json={"text": "Hi.", "verbatim": True}, timeout=60)
+        assert spoken.status_code == 503, spoken.text
+        assert "Redis" in str(error_of(spoken)["message"])
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        stack.stop(gateway)
 
 
 # -- OpenAI-compatible speech --------------------------------------------------------------------

@@ -35,13 +35,29 @@ from .inputs import (
     decode_images,
 )
 from .runtime import GatewayRuntime
-from .turn import AudioChunk, Turn, TurnDone, TurnTimings
+from .turn import AudioChunk, TextDelta, Turn, TurnDone, TurnTimings
 
 router = APIRouter()
 protected = APIRouter(dependencies=[Depends(require_api_key)])
 
 # The multimodal endpoint sends audio without a transcript; the model still needs a user turn.
 MULTIMODAL_PROMPT = "Answer the request in the audio."
+
+
+# Which LLM kinds (upstream --chat_type) can answer an endpoint that sends images or audio.
+_IMAGE_CHAT_TYPES = ("visual_speech", "multimodal")
+
+
+def _require_chat_type(runtime: GatewayRuntime, endpoint: str, allowed: tuple[str, ...]) -> None:
+    """Refuse early (before any ASR work) what the configured LLM cannot take."""
+    if runtime.settings.chat_type not in allowed:
+        raise GatewayError(
+            422,
+            "invalid_request_error",
+            f"/{endpoint} needs an LLM of chat_type {' or '.join(allowed)}; this gateway "
+            f"serves chat_type={runtime.settings.chat_type}",
+            code="unsupported_chat_type",
+        )
 
 
 def runtime_of(request: Request) -> GatewayRuntime:
@@ -78,8 +94,11 @@ async def _stream_turn(
     try:
         turn = await build(session, timings)
         events = turn.events()
-        # The first event decides the status: a failed LLM call is a 4xx/5xx, not an empty 200.
+        # Nothing is sent before the first audio (these endpoints send audio only), so a turn
+        # that fails before it (LLM refused, Redis down) is a 4xx/5xx, not an empty 200.
         first = await anext(events)
+        while isinstance(first, TextDelta):
+            first = await anext(events)
     except BaseException:
         runtime.limiter.release()
         raise
@@ -197,6 +216,7 @@ async def vlmschat(body: VlmsChatRequest, request: Request) -> Response:
     runtime = runtime_of(request)
     audio = decode_audio(body.audio_base64, runtime.settings)
     images = decode_images([body.image_base64], runtime.settings, "image_base64")
+    _require_chat_type(runtime, "vlmschat", _IMAGE_CHAT_TYPES)
 
     async def build(session: str, timings: TurnTimings) -> Turn:
         text = await _transcribe(
@@ -213,6 +233,7 @@ async def multimodalchat(body: MultimodalChatRequest, request: Request) -> Respo
     runtime = runtime_of(request)
     audio = decode_audio(body.audio_base64, runtime.settings)
     images = decode_images(body.image_list, runtime.settings, "image_list")
+    _require_chat_type(runtime, "multimodalchat", ("multimodal",))
 
     async def build(session: str, timings: TurnTimings) -> Turn:
         require(runtime.llm, "LLM")

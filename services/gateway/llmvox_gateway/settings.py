@@ -27,7 +27,9 @@ class GatewaySettings(BaseSettings):
     asr_addr: str = Field("127.0.0.1:50051", description="ASR gRPC HOST:PORT; '' = no ASR")
     llm_addr: str = Field("127.0.0.1:50052", description="LLM gRPC HOST:PORT; '' = no LLM")
     chat_type: ChatType = Field(
-        "voice", description="the LLM's kind (upstream --chat_type): which endpoints make sense"
+        "voice",
+        description="the LLM's kind (upstream --chat_type): /vlmschat needs visual_speech or "
+        "multimodal, /multimodalchat multimodal",
     )
 
     # Chunk schedule handed to the TTS jobs (upstream names): the first sentence of a turn starts

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from llmvox_common.resequencer import ResequencerOverflow
 from llmvox_common.tts_client import TTSClient
 
@@ -350,5 +352,7 @@ class Turn:
             return GatewayError(504, "timeout", f"speech synthesis timed out: {error}")
         if isinstance(error, ResequencerOverflow):
             return GatewayError(502, "backend_error", str(error))
+        if isinstance(error, RedisError):
+            return GatewayError(503, "unavailable", f"TTS queue (Redis) unavailable: {error}")
         log.error("turn failed", exc_info=error)
         return GatewayError(500, "internal_error", f"internal error: {type(error).__name__}")
