@@ -375,3 +375,18 @@ def test_client_disconnect_cancels_the_llm_call(stack: Stack) -> None:
         assert response.status_code == 200
         next(response.iter_content(chunk_size=1024))  # audio has started: now hang up
     assert _wait_for(lambda: cancelled() >= before + 1, timeout=20), "LLM call not cancelled"
+
+
+def test_gateway_without_llm_or_asr_still_speaks_verbatim_text(stack: Stack) -> None:
+    """LLM-agnostic includes "no LLM service at all": the gateway is ready with only Redis and
+    the TTS pool, speaks text it is given, and says clearly what it cannot do."""
+    gateway, url = stack.start_gateway("gateway-tts-only", "--llm_addr", "", "--asr_addr", "")
+    try:
+        checks = requests.get(f"{url}/readyz", timeout=10).json()["checks"]
+        assert (checks["llm"], checks["asr"]) == ("not configured", "not configured")
+        assert upstream_client(f"{url}/tts", {"text": "Only text.", "verbatim": True}).size > 0
+        answer = requests.post(f"{url}/tts", json={"text": "Hello?"}, timeout=30)
+        assert answer.status_code == 503
+        assert "no LLM service" in str(error_of(answer)["message"])
+    finally:
+        stack.stop(gateway)
