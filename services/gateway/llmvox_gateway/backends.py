@@ -64,25 +64,32 @@ class Transcript:
     audio_seconds: float
 
 
-async def _serving(channel: grpc.aio.Channel, check_s: float) -> bool:
-    try:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=check_s
-        )
-    except grpc.aio.AioRpcError:
-        return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+class _Backend:
+    """One gRPC channel to a service, its health check, and the deadline of its calls."""
 
-
-class LlmBackend:
     def __init__(self, addr: str, *, timeout_s: float) -> None:
         self.addr = addr
         self._timeout_s = timeout_s
         self._channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
-        self._stub = llm_pb2_grpc.LlmServiceStub(self._channel)
 
     async def ready(self, check_s: float = 2.0) -> bool:
-        return await _serving(self._channel, check_s)
+        """Whether the server's standard health service says SERVING."""
+        try:
+            reply = await health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=check_s
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class LlmBackend(_Backend):
+    def __init__(self, addr: str, *, timeout_s: float) -> None:
+        super().__init__(addr, timeout_s=timeout_s)
+        self._stub = llm_pb2_grpc.LlmServiceStub(self._channel)
 
     async def generate(
         self, messages: Sequence[ChatMessage], sampling: Sampling
@@ -109,9 +116,6 @@ class LlmBackend:
             raise from_grpc("llm", error) from None
         finally:
             call.cancel()
-
-    async def close(self) -> None:
-        await self._channel.close()
 
 
 class AsrStream:
@@ -166,15 +170,10 @@ class AsrStream:
             await self._final
 
 
-class AsrBackend:
+class AsrBackend(_Backend):
     def __init__(self, addr: str, *, timeout_s: float) -> None:
-        self.addr = addr
-        self._timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        super().__init__(addr, timeout_s=timeout_s)
         self._stub = asr_pb2_grpc.AsrServiceStub(self._channel)
-
-    async def ready(self, check_s: float = 2.0) -> bool:
-        return await _serving(self._channel, check_s)
 
     @staticmethod
     def _config(
@@ -210,9 +209,6 @@ class AsrBackend:
         return AsrStream(
             self._stub, self._config(sample_rate, language, "", True), on_partial, self._timeout_s
         )
-
-    async def close(self) -> None:
-        await self._channel.close()
 
 
 T = TypeVar("T")

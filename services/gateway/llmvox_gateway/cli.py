@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any, get_args, get_origin
 
+from llmvox_common.cli_settings import settings_from_args as settings_from_namespace
+
 from .settings import GatewaySettings
 
 
@@ -47,12 +49,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
-    given = {
-        name: value
-        for name, value in vars(args).items()
-        if name in GatewaySettings.model_fields and value is not None
-    }
-    return GatewaySettings(**given)
+    return settings_from_namespace(GatewaySettings, args)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -4,8 +4,8 @@ wires them together for one answer."""
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llmvox_common.tts_client import TTSClient, ensure_group
-from llmvox_common.tts_streams import WORKERS_KEY_PREFIX
+from llmvox_common.tts_streams import WORKERS_KEY_PREFIX, Heartbeat
 
 from .backends import AsrBackend, ChatMessage, LlmBackend, Sampling
 from .limits import SessionLimiter
@@ -61,6 +61,7 @@ class GatewayRuntime:
             max_tokens=settings.llm_max_tokens,
         )
         self.draining = False
+        self._pool_cache: tuple[float, PoolState] | None = None
 
     async def start(self) -> None:
         try:
@@ -114,7 +115,12 @@ class GatewayRuntime:
 
     # -- health ---------------------------------------------------------------------------------
 
-    async def pool_state(self) -> PoolState:
+    async def pool_state(self, max_age_s: float = 0.0) -> PoolState:
+        """Live replicas and whether any is untrained. The key scan walks Redis' keyspace, so
+        callers on a hot path (every new WebSocket) take an answer up to `max_age_s` old."""
+        cached = self._pool_cache
+        if cached is not None and time.monotonic() - cached[0] <= max_age_s:
+            return cached[1]
         replicas, untrained = 0, False
         keys = [key async for key in self.redis.scan_iter(match=WORKERS_KEY_PREFIX + "*")]
         values = await self.redis.mget(keys) if keys else []
@@ -122,8 +128,10 @@ class GatewayRuntime:
             if value is None:
                 continue
             replicas += 1
-            untrained = untrained or _heartbeat_info(value).get("untrained", False) is True
-        return PoolState(replicas, untrained)
+            untrained = untrained or Heartbeat.decode(value).untrained
+        state = PoolState(replicas, untrained)
+        self._pool_cache = (time.monotonic(), state)
+        return state
 
     async def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
@@ -148,13 +156,3 @@ class GatewayRuntime:
             and all(checks[n] in ("ok", "not configured") for n in ("asr", "llm"))
         )
         return {"ready": ready, "checks": checks}
-
-
-def _heartbeat_info(value: bytes | str) -> dict[str, Any]:
-    """A replica heartbeat is JSON (`{"at_ms", "profile", "untrained"}`); older replicas wrote
-    a bare timestamp."""
-    try:
-        info = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return info if isinstance(info, dict) else {}

@@ -51,6 +51,8 @@ from .ws_protocol import (
 log = logging.getLogger(__name__)
 
 OUTPUT_SAMPLE_RATE = 24_000
+# How stale the `tts_untrained` flag of session.created may be (a replica's profile rarely changes).
+POOL_STATE_MAX_AGE_S = 5.0
 
 
 class _Closed(Exception):
@@ -137,7 +139,7 @@ class WsSession:
 
     async def run(self) -> None:
         try:
-            pool = await self.runtime.pool_state()
+            pool = await self.runtime.pool_state(max_age_s=POOL_STATE_MAX_AGE_S)
             untrained: bool | None = pool.untrained
         except Exception:  # readiness reports Redis trouble; the session may still work later
             untrained = None

@@ -24,14 +24,11 @@ DEFAULT_LOG_LEVEL = os.environ.get("LLMVOX_LLM_LOG_LEVEL", "INFO")
 
 def settings_from_args(args: argparse.Namespace) -> LlmSettings:
     """Flags given on the command line over the environment over the defaults."""
+    from llmvox_common.cli_settings import settings_from_args as settings_from_namespace
+
     from .settings import LlmSettings
 
-    given = {
-        name: value
-        for name, value in vars(args).items()
-        if name in LlmSettings.model_fields and value is not None
-    }
-    return LlmSettings(**given)
+    return settings_from_namespace(LlmSettings, args)
 
 
 def _serve(args: argparse.Namespace) -> int:

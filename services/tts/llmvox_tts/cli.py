@@ -165,19 +165,14 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def _heartbeat_age_s(value: bytes) -> float | None:
-    """Seconds since the heartbeat written in `value`: a Unix-ms timestamp, or a JSON object
-    with `at_ms`. None when the value has neither (the key's existence still counts)."""
-    import json
+    """Seconds since the heartbeat in `value` was written; None when it does not say (the
+    key's existence still counts)."""
     import time
 
-    try:
-        beat = json.loads(value)
-    except ValueError:
-        return None
-    at_ms = beat.get("at_ms") if isinstance(beat, dict) else beat
-    if not isinstance(at_ms, int | float):
-        return None
-    return max(0.0, time.time() - at_ms / 1000)
+    from llmvox_common.tts_streams import Heartbeat
+
+    at_ms = Heartbeat.decode(value).at_ms
+    return None if at_ms is None else max(0.0, time.time() - at_ms / 1000)
 
 
 def _heartbeat_problem(redis_url: str, name: str, timeout: float) -> str | None:

@@ -19,6 +19,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
+from llmvox_common.cli_settings import settings_from_args as settings_from_namespace
+
 from .machine import LaunchError, free_port, probe
 from .plan import Plan, PlanError, build_plan, resolve_ports
 from .settings import LaunchSettings
@@ -65,12 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
-    given = {
-        name: value
-        for name, value in vars(args).items()
-        if name in LaunchSettings.model_fields and value is not None
-    }
-    return LaunchSettings(**given)
+    return settings_from_namespace(LaunchSettings, args)
 
 
 def format_plan(plan: Plan) -> str:

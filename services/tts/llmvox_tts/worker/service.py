@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -26,6 +25,7 @@ from llmvox_common.tts_streams import (
     JOBS_STREAM,
     WORKERS_KEY_PREFIX,
     AudioPart,
+    Heartbeat,
     JobFormatError,
     TextPiece,
     TTSJob,
@@ -214,13 +214,10 @@ class Replica:
 
     async def _heartbeat(self) -> None:
         # The profile tells the gateway (and the page it serves) when the voice is untrained.
-        beat = {
-            "at_ms": now_ms(),
-            "profile": self.settings.profile,
-            "untrained": self.settings.profile == "tiny",
-        }
+        profile = self.settings.profile
+        beat = Heartbeat(at_ms=now_ms(), profile=profile, untrained=profile == "tiny")
         await self.redis.set(
-            WORKERS_KEY_PREFIX + self.name, json.dumps(beat), px=self.settings.claim_idle_ms
+            WORKERS_KEY_PREFIX + self.name, beat.encode(), px=self.settings.claim_idle_ms
         )
 
     async def _start(self, entry_id: str, fields: dict) -> None:
