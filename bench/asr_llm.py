@@ -201,7 +201,7 @@ def main() -> int:
             str(whisper),
             "--device",
             args.device,
-            "--compute-type",
+            "--compute_type",
             "int8",
         ]
         llm_cmd = [

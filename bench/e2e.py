@@ -62,6 +62,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from llmvox_common.audio import float_to_pcm16, read_wav
+from llmvox_common.constants import WORKERS_KEY_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("verbatim", "text", "voice")
@@ -90,7 +91,7 @@ ROWS = (
 INPUT_RATE = 16_000
 FRAME_SAMPLES = INPUT_RATE // 10  # 100 ms
 READY_LINE = re.compile(r"LLMVoX is ready: (https?://\S+)")
-WORKER_KEYS = "llmvox:tts:worker:*"
+WORKER_KEYS = WORKERS_KEY_PREFIX + "*"
 WARM_UP = -1  # the turn index of the uncounted first turn (it asks the last question)
 
 

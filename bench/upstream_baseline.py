@@ -1,10 +1,10 @@
 """A stand-in for the original per-token decoding loop, used only as the benchmark baseline.
 
-Written from the behaviour MODEL_SPEC 3.4 and 8.2 describe (no upstream code): one sequence at a
-time; each step looks the previous token up through a codes→features call, concatenates and
-normalises the input row, appends it to the whole input history and hands that history to the
-model, which adds positions to all of it, runs only the last row, and grows its key/value cache
-with torch.cat; the token is a softmax then argmax, read back with .item().
+Written from the behaviour docs/model.md and docs/streaming.md describe (no upstream code): one
+sequence at a time; each step looks the previous token up through a codes→features call,
+concatenates and normalises the input row, appends it to the whole input history and hands that
+history to the model, which adds positions to all of it, runs only the last row, and grows its
+key/value cache with torch.cat; the token is a softmax then argmax, read back with .item().
 It runs on the same weights as our decoder, so the two compute the same tokens.
 """
 

@@ -1,8 +1,9 @@
-"""Golden cases produced by the original implementation (MODEL_SPEC, golden/README.md).
+"""Golden cases produced by running the original implementation (tests/golden/cases/README.md).
 
-The case directory comes from LLMVOX_GOLDEN_DIR (default: ../shared/reference/golden beside the
-checkout). Cases are discovered from its index.json; each case name is checked by the test module
-`test_<case>.py` in this folder, and a case without one fails (see test_index.py).
+The cases live in the repository, in `tests/golden/cases/`; LLMVOX_GOLDEN_DIR points the suite at
+another folder of the same format (e.g. a private set with other sizes). Cases are discovered from
+the folder's index.json; each case name is checked by the test module `test_<case>.py` in this
+folder, and a case without one fails, as does a missing index or case file (see test_index.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_GOLDEN_DIR = REPO_ROOT.parent / "shared" / "reference" / "golden"
+DEFAULT_GOLDEN_DIR = Path(__file__).resolve().parent / "cases"
 
 
 def golden_dir() -> Path:
@@ -27,7 +28,8 @@ def golden_index() -> list[dict[str, Any]]:
     path = golden_dir() / "index.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"golden index not found at {path}; set LLMVOX_GOLDEN_DIR to the folder of cases"
+            f"golden index not found at {path}; the in-repo cases are in {DEFAULT_GOLDEN_DIR}, "
+            "and LLMVOX_GOLDEN_DIR, when set, must name a folder of cases"
         )
     return json.loads(path.read_text())
 

@@ -13,7 +13,7 @@ from .conftest import assert_close
 CASE = "convert_audio"
 pytestmark = pytest.mark.unit
 
-README_TOLERANCE = {"atol": 2e-5, "rtol": 1e-4}  # golden/README.md "Tolerances": resampling
+README_TOLERANCE = {"atol": 2e-5, "rtol": 1e-4}  # cases/README.md, bounds table: resampling
 
 
 def test_every_item(golden_case: dict[str, Any]):

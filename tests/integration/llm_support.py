@@ -57,7 +57,7 @@ def smollm2_dir() -> Path:
             "convert-gguf",
             "--model",
             str(package_dir),
-            "--gguf-file",
+            "--gguf_file",
             SMOLLM2_GGUF,
             "--out",
             str(SMOLLM2_DIR),
@@ -100,22 +100,43 @@ class RunningServer:
                 samples[name] = float(value)
         return samples
 
-    def wait_idle(self, timeout: float = 5.0) -> float:
-        """Seconds until no call is admitted and no generation runs; fails after `timeout`."""
-        started = time.monotonic()
+    def wait_until(
+        self, ready: Callable[[dict[str, float]], bool], what: str, timeout: float = 60.0
+    ) -> dict[str, float]:
+        """Polls /metrics until `ready(samples)` (the server offers no event to wait on) and
+        returns those samples; fails after `timeout` seconds, which only a broken server
+        reaches."""
+        deadline = time.monotonic() + timeout
         while True:
             samples = self.metrics()
-            if (
+            if ready(samples):
+                return samples
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what}: not reached after {timeout} s: {samples}")
+            time.sleep(0.02)
+
+    def wait_idle(self, finished_calls: int | None = None) -> dict[str, float]:
+        """No call admitted and no generation running, and, given `finished_calls`, that many
+        calls counted in llmvox_llm_requests_total (a call leaves the in-progress gauge just
+        before it is counted there): the samples then."""
+
+        def idle(samples: dict[str, float]) -> bool:
+            return (
                 samples.get("llmvox_llm_generations_active") == 0
                 and samples.get("llmvox_llm_requests_in_progress") == 0
-            ):
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                pytest.fail(f"server still busy after {timeout} s: {samples}")
-            time.sleep(0.02)
+                and (finished_calls is None or calls_counted(samples) >= finished_calls)
+            )
+
+        return self.wait_until(idle, "server idle")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def calls_counted(samples: dict[str, float]) -> int:
+    """Finished calls of every status, from llmvox_llm_requests_total{status=...}."""
+    prefix = "llmvox_llm_requests_total{"
+    return int(sum(value for name, value in samples.items() if name.startswith(prefix)))
 
 
 @contextlib.contextmanager
@@ -130,7 +151,7 @@ def running_server(
         "127.0.0.1",
         "--port",
         str(port),
-        "--metrics-port",
+        "--metrics_port",
         str(metrics_port),
         "--model",
         str(model_dir),
@@ -399,7 +420,7 @@ def tiny_model_stub(
     model = build(tmp_path_factory.mktemp(name), smollm2_dir())
     with (
         running_server(
-            model, "--chat-type", chat_type, "--max-tokens", "8", log_path=model / "server.log"
+            model, "--chat_type", chat_type, "--max_tokens", "8", log_path=model / "server.log"
         ) as server,
         server.channel() as channel,
     ):

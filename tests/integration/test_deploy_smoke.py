@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,21 +124,28 @@ class LocalContainer:
             check=False,
         )
 
-    def wait_healthy(self, timeout: float = STARTUP_TIMEOUT_S) -> float:
-        """Seconds until the HEALTHCHECK passes (Docker's start period, checked every 1 s)."""
-        assert self.process is not None
-        started = time.monotonic()
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"{self.service} exited with {self.process.returncode}:\n{self.log()}")
-            result = self.healthcheck()
-            if result.returncode == 0:
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                pytest.fail(
-                    f"{self.service} not healthy after {timeout} s: {result.stderr}\n{self.log()}"
-                )
-            time.sleep(1.0)
+    def wait_health(self, healthy: bool = True, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Wait until the HEALTHCHECK passes (or, `healthy=False`, fails), checked every second
+        as Docker does; fail the test after `timeout` or when the service exits meanwhile."""
+        deadline = threading.Event()
+        timer = threading.Timer(timeout, deadline.set)
+        timer.start()
+        try:
+            while True:
+                if healthy and self.process is not None and self.process.poll() is not None:
+                    code = self.process.returncode
+                    pytest.fail(f"{self.service} exited with {code}:\n{self.log()}")
+                result = self.healthcheck()
+                if (result.returncode == 0) == healthy:
+                    return
+                if deadline.wait(1.0):
+                    state = "healthy" if healthy else "unhealthy"
+                    pytest.fail(
+                        f"{self.service} not {state} after {timeout} s: {result.stderr}\n"
+                        f"{self.log()}"
+                    )
+        finally:
+            timer.cancel()
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, as `docker stop` sends; the exit status (negative: the signal that ended it)."""
@@ -168,7 +175,7 @@ def _running(
     container = LocalContainer(service, overrides, tmp_path_factory.mktemp(f"smoke-{service}"))
     container.start()
     try:
-        container.wait_healthy()
+        container.wait_health()
         yield container
     finally:
         status = container.stop()
@@ -252,7 +259,7 @@ def test_tts_image_command_turns_healthy_and_unhealthy_when_gone(
     assert before.returncode == 1, before.stdout + before.stderr
     container.start()
     try:
-        container.wait_healthy()
+        container.wait_health()
         assert "SERVING" in container.healthcheck().stdout
         metrics = scrape(int(container.env["LLMVOX_TTS_METRICS_PORT"]))
         assert "llmvox_tts_jobs_waiting" in metrics
@@ -260,8 +267,7 @@ def test_tts_image_command_turns_healthy_and_unhealthy_when_gone(
         status = container.stop()
     assert status in CLEAN_STOP, container.log()
     # The heartbeat expires after claim_idle_ms (1.5 s here): unhealthy again.
-    time.sleep(2.0)
-    assert container.healthcheck().returncode == 1
+    container.wait_health(healthy=False, timeout=60)
 
 
 def test_gateway_image_command_turns_ready_with_the_stack(

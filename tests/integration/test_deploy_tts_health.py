@@ -21,8 +21,10 @@ import pytest
 import redis
 from prometheus_client import start_http_server
 
+from llmvox_common.cli_settings import settings_from_args
 from llmvox_common.tts_streams import WORKERS_KEY_PREFIX
 from llmvox_tts.cli import build_parser, main
+from llmvox_tts.worker.settings import WorkerSettings
 
 from .conftest import RedisClientFactory
 
@@ -42,8 +44,21 @@ def _set_heartbeat(url: str, value: str, px: int = 5000, name: str = REPLICA) ->
         client.set(WORKERS_KEY_PREFIX + name, value, px=px)
 
 
+def _wait_until_expired(url: str, name: str = REPLICA, timeout: float = 30.0) -> None:
+    """Until Redis has expired the heartbeat key (checked every 20 ms; nothing signals it)."""
+    gave_up = threading.Event()
+    timer = threading.Timer(timeout, gave_up.set)
+    timer.start()
+    try:
+        with redis.Redis.from_url(url) as client:
+            while client.exists(WORKERS_KEY_PREFIX + name):
+                assert not gave_up.wait(0.02), f"the heartbeat did not expire within {timeout} s"
+    finally:
+        timer.cancel()
+
+
 def _health(url: str, *args: str) -> int:
-    return main(["health", "--redis-url", url, "--name", REPLICA, "--timeout", "2", *args])
+    return main(["health", "--redis_url", url, "--name", REPLICA, "--timeout", "2", *args])
 
 
 def test_health_fails_without_a_heartbeat(
@@ -55,50 +70,49 @@ def test_health_fails_without_a_heartbeat(
     assert f"{WORKERS_KEY_PREFIX}{REPLICA}" in err
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        json.dumps({"at_ms": int(time.time() * 1000), "profile": "tiny", "untrained": True}),
-        str(int(time.time() * 1000)),  # the plain Unix-ms timestamp of earlier replicas
-    ],
-    ids=["json", "plain"],
-)
 def test_health_passes_with_a_heartbeat(
-    redis_client: RedisClientFactory, capsys: pytest.CaptureFixture[str], value: str
+    redis_client: RedisClientFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    value = json.dumps({"at_ms": int(time.time() * 1000), "profile": "tiny", "untrained": True})
     _set_heartbeat(redis_client.url, value)
     assert _health(redis_client.url) == 0
     out = capsys.readouterr().out
     assert "SERVING" in out
-    assert " s ago" in out  # the heartbeat's age was read from either format
+    assert " s ago" in out  # the heartbeat's age was read
 
 
 def test_health_fails_once_the_heartbeat_expires(redis_client: RedisClientFactory) -> None:
     # A replica whose loop stalls stops refreshing its key, which then expires (claim_idle_ms).
-    _set_heartbeat(redis_client.url, str(int(time.time() * 1000)), px=300)
+    _set_heartbeat(redis_client.url, json.dumps({"at_ms": int(time.time() * 1000)}), px=300)
     assert _health(redis_client.url) == 0
-    time.sleep(0.5)
+    _wait_until_expired(redis_client.url)
     assert _health(redis_client.url) == 1
 
 
 def test_health_waits_for_a_heartbeat(redis_client: RedisClientFactory) -> None:
-    timer = threading.Timer(0.8, _set_heartbeat, (redis_client.url, "{}"))
-    timer.start()
-    try:
-        started = time.monotonic()
-        assert _health(redis_client.url, "--wait", "10") == 0
-        assert 0.5 < time.monotonic() - started < 8
-    finally:
-        timer.cancel()
+    """`--wait` keeps checking: the heartbeat is written only once the first check has asked
+    Redis for it (seen through MONITOR), and the check then passes."""
+    results: list[int] = []
+    key = WORKERS_KEY_PREFIX + REPLICA
+    # socket_timeout: a check that never asks fails the test instead of hanging it.
+    with redis.Redis.from_url(redis_client.url, socket_timeout=60) as client:
+        with client.monitor() as monitor:
+            checker = threading.Thread(
+                target=lambda: results.append(_health(redis_client.url, "--wait", "60"))
+            )
+            checker.start()
+            while not monitor.next_command()["command"].startswith(f"GET {key}"):
+                pass
+        _set_heartbeat(redis_client.url, "{}")
+        checker.join(timeout=90)
+    assert results == [0]
 
 
 def test_health_reports_an_unreachable_redis_without_its_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = f"redis://:TopSecretPassword@127.0.0.1:{_free_port()}/0"
-    started = time.monotonic()
-    assert main(["health", "--redis-url", url, "--name", REPLICA, "--timeout", "1"]) == 1
-    assert time.monotonic() - started < 5
+    assert main(["health", "--redis_url", url, "--name", REPLICA, "--timeout", "1"]) == 1
     err = capsys.readouterr().err
     assert "Redis unreachable" in err
     assert "TopSecretPassword" not in err
@@ -112,26 +126,29 @@ def test_health_checks_the_metrics_port(
     port = _free_port()
     server, thread = start_http_server(port, addr="127.0.0.1")
     try:
-        assert _health(redis_client.url, "--check", "metrics", "--metrics-port", str(port)) == 0
+        assert _health(redis_client.url, "--check", "metrics", "--metrics_port", str(port)) == 0
         # `all` needs the heartbeat too.
-        assert _health(redis_client.url, "--check", "all", "--metrics-port", str(port)) == 1
+        assert _health(redis_client.url, "--check", "all", "--metrics_port", str(port)) == 1
         _set_heartbeat(redis_client.url, "{}")
-        assert _health(redis_client.url, "--check", "all", "--metrics-port", str(port)) == 0
+        assert _health(redis_client.url, "--check", "all", "--metrics_port", str(port)) == 0
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
     closed = _free_port()
-    assert _health(redis_client.url, "--check", "metrics", "--metrics-port", str(closed)) == 1
-    assert _health(redis_client.url, "--check", "metrics", "--metrics-port", "0") == 1
+    assert _health(redis_client.url, "--check", "metrics", "--metrics_port", str(closed)) == 1
+    assert _health(redis_client.url, "--check", "metrics", "--metrics_port", "0") == 1
     assert "no metrics port" in capsys.readouterr().err
 
 
 def test_health_defaults_match_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """Inside one container the health check finds the worker's key with no flags: the same env
     (LLMVOX_TTS_REDIS_URL, LLMVOX_TTS_NAME) and the same default name (tts-<hostname>)."""
-    parser = build_parser()
-    worker, health = parser.parse_args(["worker"]), parser.parse_args(["health"])
+
+    def replica(command: str) -> WorkerSettings:
+        return settings_from_args(WorkerSettings, build_parser().parse_args([command]))
+
+    worker, health = replica("worker"), replica("health")
     assert (health.name, health.redis_url, health.metrics_port) == (
         worker.name,
         worker.redis_url,
@@ -140,7 +157,7 @@ def test_health_defaults_match_the_worker(monkeypatch: pytest.MonkeyPatch) -> No
     assert health.name == f"tts-{socket.gethostname()}"
     monkeypatch.setenv("LLMVOX_TTS_NAME", "tts-gpu7")
     monkeypatch.setenv("LLMVOX_TTS_REDIS_URL", "redis://:pw@redis:6379/0")
-    health = build_parser().parse_args(["health"])
+    health = replica("health")
     assert (health.name, health.redis_url) == ("tts-gpu7", "redis://:pw@redis:6379/0")
 
 

@@ -22,6 +22,9 @@ from llmvox_common.grpc_service import (
 
 pytestmark = pytest.mark.integration
 
+# Bound on waits for what a working server does at once; only a broken one reaches it.
+WAIT_S = 30.0
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -56,7 +59,7 @@ def test_health_is_serving_only_after_load_and_not_serving_on_stop() -> None:
             await channel.channel_ready()
             assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
             loaded.set()
-            await asyncio.wait_for(ready.wait(), 5)
+            await asyncio.wait_for(ready.wait(), WAIT_S)
             assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
             assert (
                 await health_status(channel, "demo.v1.Demo")
@@ -72,14 +75,18 @@ def test_health_is_serving_only_after_load_and_not_serving_on_stop() -> None:
                 assert {"demo.v1.Demo", "grpc.health.v1.Health"} <= names
                 break
         stop.set()
-        await asyncio.wait_for(server, 10)
+        await asyncio.wait_for(server, WAIT_S)
 
     asyncio.run(scenario())
 
 
 def test_errors_map_to_status_codes_and_limit_refuses() -> None:
     class Servicer:
-        limit = ConcurrencyLimit(1)
+        def __init__(self) -> None:
+            self.limit = ConcurrencyLimit(1)
+            # Bound to the scenario's event loop (the server's too) when first awaited.
+            self.holding = asyncio.Event()
+            self.release = asyncio.Event()
 
         @grpc_errors
         async def unary(self, request: bytes, context: object) -> bytes:
@@ -88,7 +95,9 @@ def test_errors_map_to_status_codes_and_limit_refuses() -> None:
             if request == b"boom":
                 raise RuntimeError("secret detail")
             async with self.limit.slot():
-                await asyncio.sleep(0.3)
+                if request == b"hold":
+                    self.holding.set()
+                    await self.release.wait()
             return b"ok"
 
     servicer = Servicer()
@@ -110,7 +119,7 @@ def test_errors_map_to_status_codes_and_limit_refuses() -> None:
                 drain_seconds=1,
             )
         )
-        await asyncio.wait_for(ready.wait(), 5)
+        await asyncio.wait_for(ready.wait(), WAIT_S)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = channel.unary_unary("/demo.v1.Demo/Call")
             with pytest.raises(grpc.aio.AioRpcError) as bad:
@@ -121,13 +130,17 @@ def test_errors_map_to_status_codes_and_limit_refuses() -> None:
                 await call(b"boom")
             assert boom.value.code() == grpc.StatusCode.INTERNAL
             assert "secret" not in boom.value.details()
-            results = await asyncio.gather(call(b"x"), call(b"y"), return_exceptions=True)
-            codes = sorted(
-                r.code().name if isinstance(r, grpc.aio.AioRpcError) else "OK" for r in results
-            )
-            assert codes == ["OK", "RESOURCE_EXHAUSTED"]
+            # One call holds the only slot until released: the next is refused, not queued.
+            holder = asyncio.ensure_future(call(b"hold"))
+            await asyncio.wait_for(servicer.holding.wait(), WAIT_S)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(b"x")
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            servicer.release.set()
+            assert await asyncio.wait_for(holder, WAIT_S) == b"ok"
+            assert await call(b"y") == b"ok"  # the slot is free again
         stop.set()
-        await asyncio.wait_for(server, 10)
+        await asyncio.wait_for(server, WAIT_S)
 
     asyncio.run(scenario())
 

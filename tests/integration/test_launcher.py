@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -41,7 +42,7 @@ def launcher_command() -> list[str]:
     script = Path(sys.executable).with_name("llmvox-launch")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "llmvox_gateway.launcher.cli"]
+    return [sys.executable, "-m", "llmvox_launch.cli"]
 
 
 def free_port() -> int:
@@ -50,20 +51,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def is_gone(pid: int, timeout: float = 10.0) -> bool:
-    """No such process, or only a zombie waiting for its reaper."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.kill(pid, 0)
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (ProcessLookupError, FileNotFoundError):
-            return True
-        if state == "Z":
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
+def is_gone(pid: int, timeout: float = 30.0) -> bool:
+    """The process has ended (a zombie waiting for its reaper counts): waits for its pidfd to
+    become readable, which happens when it terminates; False after `timeout`."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(pidfd)
 
 
 @dataclass

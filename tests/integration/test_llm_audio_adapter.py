@@ -1,4 +1,4 @@
-"""`--chat-type multimodal` with a model that hears: a tiny random-weight Qwen2-Audio built from
+"""`--chat_type multimodal` with a model that hears: a tiny random-weight Qwen2-Audio built from
 a config in the test. It stands in for Phi-4-multimodal (image + audio + text), whose processor
 needs torchvision and so cannot be built here; the adapter's audio path is the same: WAV or raw
 PCM16 from the request, resampled to the feature extractor's rate, placeholders expanded by the

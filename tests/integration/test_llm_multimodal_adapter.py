@@ -1,4 +1,4 @@
-"""`--chat-type multimodal` on a tiny random-weight LLaVA built from a config in the test (CLIP
+"""`--chat_type multimodal` on a tiny random-weight LLaVA built from a config in the test (CLIP
 vision tower, projector, Llama text model; SmolLM2's tokenizer plus `<image>`), loaded through
 its saved LlavaProcessor. The answers are random text: these tests check the path, not words."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -20,6 +19,7 @@ from .llm_support import (
     OFFLINE_ENV,
     SMOLLM2_GGUF,
     RunningServer,
+    calls_counted,
     cli_command,
     png_bytes,
     running_server,
@@ -32,6 +32,9 @@ SERVICE = "llmvox.llm.v1.LlmService"
 SERVER_MAX_TOKENS = 64
 SERVER_MAX_PROMPT_TOKENS = 200
 FRANCE = "What is the capital of France? Answer in one word."
+GENERATED_TOKENS = "llmvox_llm_generated_tokens_total"
+CANCELLED = 'llmvox_llm_requests_total{status="cancelled"}'
+DEADLINE_EXCEEDED = 'llmvox_llm_requests_total{status="deadline_exceeded"}'
 # Long answers for the calls that are cut short (cancel, deadline, busy server).
 ESSAY = "Write a long essay about the history of the sea, with many details."
 
@@ -41,12 +44,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     model = smollm2_dir()
     with running_server(
         model,
-        "--max-tokens",
+        "--max_tokens",
         str(SERVER_MAX_TOKENS),
-        "--max-prompt-tokens",
+        "--max_prompt_tokens",
         str(SERVER_MAX_PROMPT_TOKENS),
         # One call at a time makes "busy" deterministic for the RESOURCE_EXHAUSTED test.
-        "--max-concurrency",
+        "--max_concurrency",
         "1",
         log_path=tmp_path_factory.mktemp("llm") / "server.log",
     ) as running:
@@ -152,29 +155,32 @@ def test_stop_string_ends_the_answer_and_is_not_sent(
 def test_cancel_stops_generation_on_the_server(
     server: RunningServer, stub: llm_pb2_grpc.LlmServiceStub
 ) -> None:
+    before = server.wait_idle()
     call = stub.Generate(request(ESSAY, temperature=0.0), timeout=120)
     responses = iter(call)
     for _ in range(2):
         assert next(responses).delta is not None
     assert server.metrics()["llmvox_llm_generations_active"] == 1
     call.cancel()
-    # The server's generation thread notices at its next token.
-    assert server.wait_idle(timeout=5.0) < 5.0
-    tokens = server.metrics()["llmvox_llm_generated_tokens_total"]
-    time.sleep(0.5)
-    samples = server.metrics()
-    assert samples["llmvox_llm_generated_tokens_total"] == tokens, "tokens after the cancel"
-    assert samples['llmvox_llm_requests_total{status="cancelled"}'] >= 1
+    # Idle: the generation thread has returned, so no token of this call can follow.
+    after = server.wait_idle(finished_calls=calls_counted(before) + 1)
+    generated = after[GENERATED_TOKENS] - before[GENERATED_TOKENS]
+    # The two tokens sent and the few in flight, not the SERVER_MAX_TOKENS the essay runs to:
+    # the generation thread stops at its next token.
+    assert 2 <= generated < SERVER_MAX_TOKENS
+    assert after.get(CANCELLED, 0) == before.get(CANCELLED, 0) + 1
 
 
 def test_deadline_exceeded_stops_generation(
     server: RunningServer, stub: llm_pb2_grpc.LlmServiceStub
 ) -> None:
+    before = server.wait_idle()
     with pytest.raises(grpc.RpcError) as caught:
         collect(stub.Generate(request(ESSAY, temperature=0.0), timeout=0.5))
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    server.wait_idle(timeout=5.0)
-    assert server.metrics()['llmvox_llm_requests_total{status="deadline_exceeded"}'] >= 1
+    after = server.wait_idle(finished_calls=calls_counted(before) + 1)
+    assert after[GENERATED_TOKENS] - before[GENERATED_TOKENS] < SERVER_MAX_TOKENS
+    assert after.get(DEADLINE_EXCEEDED, 0) == before.get(DEADLINE_EXCEEDED, 0) + 1
 
 
 def _only(message: llm_pb2.Message, **sampling: object) -> llm_pb2.GenerateRequest:
@@ -248,7 +254,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_chat_prints_the_answer_and_usage(server: RunningServer) -> None:
-    result = _cli("chat", "--addr", server.addr, "--temperature", "0", "--max-tokens", "24", FRANCE)
+    result = _cli("chat", "--addr", server.addr, "--temperature", "0", "--max_tokens", "24", FRANCE)
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert "finish:" in result.stderr
@@ -256,7 +262,7 @@ def test_cli_chat_prints_the_answer_and_usage(server: RunningServer) -> None:
 
 
 def test_cli_chat_fails_with_the_status_message(server: RunningServer) -> None:
-    result = _cli("chat", "--addr", server.addr, "--max-tokens", "100000", "hi")
+    result = _cli("chat", "--addr", server.addr, "--max_tokens", "100000", "hi")
     assert result.returncode != 0
     assert "INVALID_ARGUMENT" in result.stderr
     assert f"limit of {SERVER_MAX_TOKENS}" in result.stderr
@@ -278,7 +284,7 @@ def test_convert_gguf_keeps_an_existing_conversion(server: RunningServer) -> Non
         "convert-gguf",
         "--model",
         next(iter(package.submodule_search_locations)),
-        "--gguf-file",
+        "--gguf_file",
         SMOLLM2_GGUF,
         "--out",
         str(model),

@@ -1,4 +1,4 @@
-"""`--chat-type visual_speech` on a tiny random-weight Qwen2.5-VL built from a config in the
+"""`--chat_type visual_speech` on a tiny random-weight Qwen2.5-VL built from a config in the
 test (vision tower, merger, mrope text model; SmolLM2's tokenizer plus the vision tokens). The
 answers are random text: these tests check the image path and its errors, not the words."""
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import redis.asyncio
 
-from llmvox_common.resequencer import ResequencerOverflow
-from llmvox_common.tts_client import TTSClient, ensure_group
+from llmvox_common.resequencer import Resequencer, ResequencerOverflow
+from llmvox_common.tts_client import AudioPartStream, TTSClient, ensure_group
 from llmvox_common.tts_streams import (
     CONSUMER_GROUP,
     JOBS_STREAM,
@@ -73,18 +73,43 @@ def _keys(parts: list[AudioPart]) -> list[tuple[int, int]]:
     return [(p.seq, p.part) for p in parts]
 
 
+class _SignallingRedis:
+    """Passes XREAD through and sets `got_entries` whenever a read returned entries."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.got_entries = asyncio.Event()
+
+    async def xread(self, *args: Any, **kwargs: Any) -> Any:
+        reply = await self.client.xread(*args, **kwargs)
+        if reply:
+            self.got_entries.set()
+        return reply
+
+
+class _StepClock:
+    """A clock that moves `step_s` on every reading, so timeouts do not hang on wall time."""
+
+    def __init__(self, step_s: float) -> None:
+        self.step_s = step_s
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
 def test_enqueue_text_writes_exactly_the_contract_fields(redis_client: RedisClientFactory) -> None:
     async def scenario(client: redis.asyncio.Redis) -> None:
         tts = TTSClient(client, audio_ttl_s=300)
         entry_id = await tts.enqueue_text(
-            "s1", 3, "Hello there.", last=True, first_chunk=20, max_chunk=640, deadline_ms=123
+            "s1", 3, "Hello there.", first_chunk=20, max_chunk=640, deadline_ms=123
         )
         entries = await client.xrange(JOBS_STREAM)
         assert [eid.decode() for eid, _ in entries] == [entry_id]
         assert entries[0][1] == {
             b"session": b"s1",
             b"seq": b"3",
-            b"last": b"1",
             b"first_chunk": b"20",
             b"max_chunk": b"640",
             b"reply_to": b"llmvox:audio:s1",
@@ -145,7 +170,7 @@ def test_malformed_jobs_are_refused_before_anything_is_written(
 def test_streamed_text_job(redis_client: RedisClientFactory) -> None:
     async def scenario(client: redis.asyncio.Redis) -> None:
         tts = TTSClient(client, text_ttl_s=120)
-        key = await tts.open_text_stream("s1", 2, last=True, first_piece="Hello")
+        key = await tts.open_text_stream("s1", 2, first_piece="Hello")
         assert key == text_stream_key("s1", 2)
         await tts.append_text("s1", 2, "streamed")
         await tts.append_text("s1", 2, "world.")
@@ -154,7 +179,7 @@ def test_streamed_text_job(redis_client: RedisClientFactory) -> None:
         [(_, fields)] = await client.xrange(JOBS_STREAM)
         assert b"text" not in fields
         assert TTSJob.from_fields(fields) == TTSJob(
-            session="s1", seq=2, reply_to=audio_stream_key("s1"), last=True, text_stream=key
+            session="s1", seq=2, reply_to=audio_stream_key("s1"), text_stream=key
         )
         pieces = [TextPiece.from_fields(f) for _, f in await client.xrange(key)]
         assert pieces == [
@@ -218,14 +243,27 @@ def test_parts_follows_a_stream_still_being_written(redis_client: RedisClientFac
     expected = _turn([2, 3])
 
     async def scenario(client: redis.asyncio.Redis) -> None:
+        reader = _SignallingRedis(client)
+        stream = AudioPartStream(
+            cast(redis.asyncio.Redis, reader),
+            audio_stream_key("s1"),
+            Resequencer(last_seq=1),
+            block_ms=20,
+            timeout_s=30,
+        )
+
         async def replicas() -> None:
             for part in [expected[2], expected[0], expected[3], expected[0], *expected[1:]]:
+                reader.got_entries.clear()
                 await _write_parts(client, "s1", [part])
-                await asyncio.sleep(0.01)  # let the reader block on XREAD in between
+                # The next part is written only once the reader has read this one, so it
+                # reads each part from a stream that ended before it.
+                async with asyncio.timeout(30):
+                    await reader.got_entries.wait()
 
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(replicas(), name="replicas")
-            got = [p async for p in TTSClient(client).parts("s1", last_seq=1, block_ms=20)]
+            got = [p async for p in stream]
         assert got == expected
 
     _run(redis_client, scenario)
@@ -235,10 +273,11 @@ def test_parts_stops_after_the_last_seq(redis_client: RedisClientFactory) -> Non
     async def scenario(client: redis.asyncio.Redis) -> None:
         # An earlier turn (seq 0-1) and the start of a later one (seq 4) share the stream.
         await _write_parts(client, "s1", _turn([1, 1, 2, 1, 1]))
-        stream = TTSClient(client).parts("s1", first_seq=2, last_seq=3, timeout_s=10)
-        started = time.monotonic()
+        # Nothing more is ever written: had it not stopped at seq 3's last part, it would end
+        # in a TimeoutError.
+        stream = TTSClient(client).parts("s1", first_seq=2, last_seq=3, timeout_s=30)
         got = [part async for part in stream]
-        assert time.monotonic() - started < 2  # returned at the end, did not wait for a timeout
+        assert stream.resequencer.finished
         assert _keys(got) == [(2, 0), (2, 1), (3, 0)]
         assert stream.resequencer.out_of_range_dropped >= 2
 
@@ -269,12 +308,14 @@ def test_final_seq_declared_later(redis_client: RedisClientFactory) -> None:
 def test_parts_times_out_when_parts_stop_coming(redis_client: RedisClientFactory) -> None:
     async def scenario(client: redis.asyncio.Redis) -> None:
         await _write_parts(client, "s1", [_part(0, 0), _part(0, 2, last=True), _part(0, 2)])
-        stream = TTSClient(client).parts("s1", last_seq=0, block_ms=50, timeout_s=0.3)
+        clock = _StepClock(step_s=0.01)
+        stream = TTSClient(client).parts("s1", last_seq=0, block_ms=1, timeout_s=0.3, clock=clock)
         assert _keys([await anext(stream)]) == [(0, 0)]
-        started = time.monotonic()
+        released_at = clock.now
         with pytest.raises(TimeoutError, match="waiting for seq 0 part 1"):
             await anext(stream)
-        assert 0.25 <= time.monotonic() - started < 2
+        # It gave up only once its clock had run `timeout_s` past the last part released.
+        assert clock.now - released_at >= 0.3
 
     _run(redis_client, scenario)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -59,17 +60,17 @@ class Replicas:
         log = (self.log_dir / f"{name}.log").open("wb")
         cmd = [
             *WORKER,
-            "--redis-url",
+            "--redis_url",
             self.redis_url,
             "--name",
             name,
-            "--max-tokens-per-text-id",
+            "--max_tokens_per_text_id",
             str(TOKENS_PER_ID),
-            "--claim-idle-ms",
+            "--claim_idle_ms",
             "1500",
-            "--context-tokens",
+            "--context_tokens",
             str(CONTEXT),
-            "--holdback-tokens",
+            "--holdback_tokens",
             str(HOLDBACK),
             *args,
         ]
@@ -154,10 +155,14 @@ def assert_same_audio(parts: list[AudioPart], expected: list[np.ndarray], what: 
 
 
 async def wait_for_parts(client: redis.asyncio.Redis, session: str, count: int) -> None:
-    """Poll until `count` entries are in the session's audio stream (bounded)."""
-    async with asyncio.timeout(30):
-        while await client.xlen(audio_stream_key(session)) < count:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+    """Block on the session's audio stream until `count` entries are in it (bounded)."""
+    key, last_id, seen = audio_stream_key(session), "0", 0
+    async with asyncio.timeout(60):
+        while seen < count:
+            reply = await client.xread({key: last_id}, count=count - seen, block=1000)
+            for _, entries in reply or []:
+                seen += len(entries)
+                last_id = entries[-1][0]
 
 
 def sentence(session: int, seq: int) -> str:
@@ -168,24 +173,22 @@ def sentence(session: int, seq: int) -> str:
 def test_two_replicas_twenty_sessions_in_order_and_identical(
     replicas: Replicas, redis_client: RedisClientFactory, reference_engine: ReplicaEngine
 ) -> None:
-    replicas.start("r1", "--max-batch", "8")
-    replicas.start("r2", "--max-batch", "8")
+    replicas.start("r1", "--max_batch", "8")
+    replicas.start("r2", "--max_batch", "8")
     sessions, sentences = 20, 3
 
     async def speak(tts: TTSClient, session: int) -> list[AudioPart]:
         name = f"s{session}"
         for seq in range(sentences):
             text = sentence(session, seq)
-            last = seq == sentences - 1
             if session % 2 == 0:
                 await tts.enqueue_text(
-                    name, seq, text, last=last, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK
+                    name, seq, text, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK
                 )
                 continue
-            # Streamed word by word at an LLM's pace: the job starts on the first word.
-            await tts.open_text_stream(
-                name, seq, last=last, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK
-            )
+            # Streamed word by word at an LLM's pace: the job starts on the first word. The
+            # pause only paces the words (jobs run dry of text and wait); nothing waits on it.
+            await tts.open_text_stream(name, seq, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK)
             for word in text.split():
                 await tts.append_text(name, seq, word)
                 await asyncio.sleep(0.03)
@@ -216,23 +219,21 @@ def test_two_replicas_twenty_sessions_in_order_and_identical(
 def test_killed_replica_mid_sentence_session_completes_identically(
     replicas: Replicas, redis_client: RedisClientFactory, reference_engine: ReplicaEngine
 ) -> None:
-    replicas.start("doomed", "--max-batch", "4")
+    replicas.start("doomed", "--max_batch", "4")
     text = "one two three four five six seven eight nine ten eleven twelve thirteen."
     words = text.split()
 
     async def scenario() -> tuple[list[AudioPart], int]:
         async with redis_client() as client:
             tts = TTSClient(client)
-            await tts.open_text_stream(
-                "s", 0, last=True, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK
-            )
+            await tts.open_text_stream("s", 0, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK)
             for word in words[:6]:
                 await tts.append_text("s", 0, word)
             # Wait until the doomed replica has written audio, then kill it mid-sentence.
             await wait_for_parts(client, "s", 1)
             replicas.kill("doomed")
             written_before = await client.xlen(audio_stream_key("s"))
-            replicas.start("rescuer", "--max-batch", "4", wait=False)
+            replicas.start("rescuer", "--max_batch", "4", wait=False)
             for word in words[6:]:
                 await tts.append_text("s", 0, word)
             await tts.close_text("s", 0)
@@ -250,30 +251,27 @@ def test_killed_replica_mid_sentence_session_completes_identically(
 def test_cancellation_stops_the_session_within_a_few_steps(
     replicas: Replicas, redis_client: RedisClientFactory
 ) -> None:
-    replicas.start("r1", "--max-batch", "4", "--max-tokens-per-text-id", "50")
+    replicas.start("r1", "--max_batch", "4", "--max_tokens_per_text_id", "50")
     text = " ".join(["word"] * 60) + "."  # ~18000 tokens allowed: it would run for a long time
 
-    async def scenario() -> tuple[AudioPart, float, int]:
+    async def scenario() -> tuple[list[AudioPart], int]:
         async with redis_client() as client:
             tts = TTSClient(client)
-            await tts.enqueue_text(
-                "c", 0, text, last=True, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK
-            )
+            await tts.enqueue_text("c", 0, text, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK)
             await wait_for_parts(client, "c", 2)
-            cancelled_at = time.monotonic()
             await tts.cancel("c")
-            parts = await tts.collect("c", 0, timeout_s=10)
-            took = time.monotonic() - cancelled_at
-            tokens_after = sum(p.tokens for p in parts[2:])
-            return parts[-1], took, tokens_after
+            written_at_cancel = await client.xlen(audio_stream_key("c"))
+            parts = await tts.collect("c", 0, timeout_s=60)
+            return parts, written_at_cancel
 
-    last, took, tokens_after = asyncio.run(scenario())
-    assert last.error_kind == "cancelled"
-    assert last.last
-    assert took < 1.0
-    # Parts are chunks of at most MAX_CHUNK tokens; a few steps after the cancel means at most
-    # the chunks that were already complete.
-    assert tokens_after <= 3 * MAX_CHUNK
+    parts, written_at_cancel = asyncio.run(scenario())
+    assert parts[-1].error_kind == "cancelled"
+    assert parts[-1].last
+    # Stopped far short of the sentence's budget (50 tokens per text id)...
+    assert sum(p.tokens for p in parts) < 50 * len(text.split())
+    # ...within a few steps: after the cancel only the chunks already complete were written
+    # (parts hold at most MAX_CHUNK tokens).
+    assert sum(p.tokens for p in parts[written_at_cancel:]) <= 3 * MAX_CHUNK
     client = redis.Redis.from_url(replicas.redis_url)
     assert client.xpending(JOBS_STREAM, CONSUMER_GROUP)["pending"] == 0
     client.close()
@@ -282,7 +280,7 @@ def test_cancellation_stops_the_session_within_a_few_steps(
 def test_bad_jobs_get_error_parts_and_the_replica_keeps_serving(
     replicas: Replicas, redis_client: RedisClientFactory
 ) -> None:
-    replicas.start("r1", "--max-text-chars", "200")
+    replicas.start("r1", "--max_text_chars", "200")
     reply = audio_stream_key("bad")
     good = TTSJob(session="bad", seq=0, reply_to=reply, text="fine.").to_fields()
     cases = {
@@ -304,7 +302,7 @@ def test_bad_jobs_get_error_parts_and_the_replica_keeps_serving(
             for fields in cases.values():
                 await client.xadd(JOBS_STREAM, fields)
             await client.xadd(JOBS_STREAM, {"seq": "9", "text": "no reply_to"})
-            await client.xadd(JOBS_STREAM, {**good, "seq": "7", "last": "1"})
+            await client.xadd(JOBS_STREAM, {**good, "seq": "7"})
             return await TTSClient(client).collect("bad", 7, timeout_s=60)
 
     parts = asyncio.run(scenario())
@@ -336,11 +334,11 @@ def test_job_that_keeps_failing_goes_to_dead_letters(
     async def scenario() -> list[AudioPart]:
         async with redis_client() as client:
             tts = TTSClient(client)
-            await tts.enqueue_text("d", 0, "doomed.", last=True)
+            await tts.enqueue_text("d", 0, "doomed.")
             # A replica that took the job and died without a trace: delivered once, never acked.
             await client.xgroup_create(JOBS_STREAM, CONSUMER_GROUP, id="0", mkstream=True)
             await client.xreadgroup(CONSUMER_GROUP, "ghost", {JOBS_STREAM: ">"}, count=1)
-            replicas.start("r1", "--max-deliveries", "1")
+            replicas.start("r1", "--max_deliveries", "1")
             return await tts.collect("d", 0, timeout_s=30)
 
     parts = asyncio.run(scenario())
@@ -366,15 +364,13 @@ def test_sigterm_finishes_active_jobs_and_metrics_are_exported(
     replicas: Replicas, redis_client: RedisClientFactory, reference_engine: ReplicaEngine
 ) -> None:
     port = free_port()
-    proc = replicas.start("r1", "--metrics-port", str(port))
+    proc = replicas.start("r1", "--metrics_port", str(port))
     text = "graceful shutdown keeps every word of this sentence."
 
     async def scenario() -> list[AudioPart]:
         async with redis_client() as client:
             tts = TTSClient(client)
-            await tts.enqueue_text(
-                "g", 0, text, last=True, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK
-            )
+            await tts.enqueue_text("g", 0, text, first_chunk=FIRST_CHUNK, max_chunk=MAX_CHUNK)
             await wait_for_parts(client, "g", 1)
             url = f"http://127.0.0.1:{port}/metrics"
             metrics = await asyncio.to_thread(scrape, url)
@@ -392,12 +388,12 @@ def test_sigterm_finishes_active_jobs_and_metrics_are_exported(
 def test_streamed_job_without_text_times_out(
     replicas: Replicas, redis_client: RedisClientFactory
 ) -> None:
-    replicas.start("r1", "--text-timeout-s", "0.5")
+    replicas.start("r1", "--text_timeout_s", "0.5")
 
     async def scenario() -> list[AudioPart]:
         async with redis_client() as client:
             tts = TTSClient(client)
-            assert await tts.open_text_stream("t", 0, last=True) == text_stream_key("t", 0)
+            assert await tts.open_text_stream("t", 0) == text_stream_key("t", 0)
             return await tts.collect("t", 0, timeout_s=20)
 
     parts = asyncio.run(scenario())
@@ -414,9 +410,11 @@ def test_replica_recreates_a_vanished_jobs_stream_and_keeps_serving(
     async def scenario() -> list[AudioPart]:
         async with redis_client() as client:
             await client.delete(JOBS_STREAM)
-            await asyncio.sleep(0.5)  # the blocked read is woken with UNBLOCKED, then NOGROUP
+            # No wait needed: whether the replica's read is woken with UNBLOCKED first or its
+            # next read fails with NOGROUP on the stream this enqueue creates, it creates the
+            # group again from id 0, which still delivers this job.
             tts = TTSClient(client)
-            await tts.enqueue_text("after-flush", 0, "Still serving.", last=True)
+            await tts.enqueue_text("after-flush", 0, "Still serving.")
             return await tts.collect("after-flush", 0, timeout_s=30)
 
     parts = asyncio.run(scenario())
@@ -424,3 +422,48 @@ def test_replica_recreates_a_vanished_jobs_stream_and_keeps_serving(
     assert parts[-1].last
     assert all(p.error is None for p in parts)
     assert "creating it again" in replicas.log("r1")
+
+
+def _metric(text: str, name: str, label: str) -> float:
+    """The value of one labelled sample of the replica's Prometheus text, 0 when absent."""
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(label)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_jobs_past_their_deadline_are_dropped_acknowledged_and_counted(
+    replicas: Replicas, redis_client: RedisClientFactory
+) -> None:
+    port = free_port()
+    replicas.start("r1", "--metrics_port", str(port), "--max_tokens_per_text_id", "50")
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    async def scenario() -> tuple[list[AudioPart], list[AudioPart], str]:
+        async with redis_client() as client:
+            tts = TTSClient(client)
+            # Expired before any replica takes it: dropped before it starts.
+            past = int(time.time() * 1000) - 1000
+            await tts.enqueue_text("late", 0, "Too late to say.", deadline_ms=past)
+            late = await tts.collect("late", 0, timeout_s=60)
+            # Expires while it is being spoken: its text never ends, so it is still active when
+            # the deadline passes, with audio already written.
+            soon = int(time.time() * 1000) + 3000
+            await tts.open_text_stream(
+                "expiring",
+                0,
+                first_chunk=FIRST_CHUNK,
+                max_chunk=MAX_CHUNK,
+                deadline_ms=soon,
+                first_piece="these words arrive but the sentence never ends",
+            )
+            expiring = await tts.collect("expiring", 0, timeout_s=60)
+            assert (await client.xpending(JOBS_STREAM, CONSUMER_GROUP))["pending"] == 0
+            return late, expiring, await asyncio.to_thread(scrape, url)
+
+    late, expiring, metrics = asyncio.run(scenario())
+    assert [(p.error_kind, p.last, p.tokens) for p in late] == [("deadline", True, 0)]
+    assert expiring[-1].error_kind == "deadline"
+    assert expiring[-1].last
+    assert [p.error for p in expiring[:-1]] == [None] * (len(expiring) - 1)
+    assert len(expiring) > 1, "the job should have spoken before its deadline"
+    assert _metric(metrics, "llmvox_tts_errors_total", 'kind="deadline"') == 2
+    assert _metric(metrics, "llmvox_tts_jobs_total", 'outcome="deadline"') == 2

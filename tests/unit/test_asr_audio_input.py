@@ -12,8 +12,8 @@ from llmvox_asr.audio_input import (
     MIN_SAMPLE_RATE,
     WHISPER_SAMPLE_RATE,
     Pcm16Stream,
+    check_clip,
     check_sample_rate,
-    clip_to_whisper,
     decode_pcm16,
     pcm16_to_whisper,
     resample_to_whisper,
@@ -33,6 +33,12 @@ def tone(sample_rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.n
 
 def pcm(samples: np.ndarray) -> bytes:
     return float_to_pcm16(samples).tobytes()
+
+
+def clip_to_whisper(data: bytes, sample_rate_hz: int, max_seconds: float) -> np.ndarray:
+    """What the servicer does with a unary call's audio: check it, then resample it."""
+    check_clip(data, sample_rate_hz, max_seconds)
+    return pcm16_to_whisper(data, sample_rate_hz)
 
 
 def peak_frequency(samples: np.ndarray, sample_rate: int) -> float:

@@ -11,6 +11,7 @@ import pytest
 from llmvox_asr.cli import build_parser
 from llmvox_asr.settings import AsrSettings
 from llmvox_asr.transcriber import DecodeOptions, ModelUnavailableError, Transcriber, load_whisper
+from llmvox_common.cli_settings import settings_from_args
 from llmvox_common.grpc_service import InvalidArgument
 
 pytestmark = pytest.mark.unit
@@ -23,33 +24,35 @@ def fake_transcriber(*, multilingual: bool, name: str = "fake") -> Transcriber:
     return Transcriber(fake_model, name=name)  # type: ignore[arg-type]
 
 
-def test_every_setting_is_a_flag_with_the_env_value_as_default(
+def test_every_setting_is_a_flag_and_the_environment_fills_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LLMVOX_ASR_BEAM_SIZE", "2")
     monkeypatch.setenv("LLMVOX_ASR_VAD", "true")
     monkeypatch.setenv("LLMVOX_ASR_ASR_MAX_AUDIO_LENGTH", "45")
-    args = build_parser(AsrSettings()).parse_args(["serve", "--model", "/models/whisper"])
+    monkeypatch.setenv("LLMVOX_ASR_MODEL", "small")
+    args = build_parser().parse_args(["serve", "--model", "/models/whisper"])
     assert set(AsrSettings.model_fields) <= set(vars(args))
-    assert (args.beam_size, args.vad, args.asr_max_audio_length) == (2, True, 45.0)
-    assert args.model == "/models/whisper"  # a flag wins over the environment
+    settings = settings_from_args(AsrSettings, args)
+    assert (settings.beam_size, settings.vad, settings.asr_max_audio_length) == (2, True, 45.0)
+    assert settings.model == "/models/whisper"  # a flag wins over the environment
 
 
 def test_flags_use_the_setting_names() -> None:
-    args = build_parser(AsrSettings()).parse_args(
+    args = build_parser().parse_args(
         [
             "serve",
             "--port=6001",
             "--device=cpu",
-            "--compute-type=int8",
-            "--no-vad",
-            "--max-concurrency=3",
-            "--metrics-port=9300",
-            "--asr-max-audio-length=60",
-            "--beam-size=1",
+            "--compute_type=int8",
+            "--no_vad",
+            "--max_concurrency=3",
+            "--metrics_port=9300",
+            "--asr_max_audio_length=60",
+            "--beam_size=1",
         ]
     )
-    settings = AsrSettings(**{name: getattr(args, name) for name in AsrSettings.model_fields})
+    settings = settings_from_args(AsrSettings, args)
     assert settings.port == 6001
     assert (settings.device, settings.compute_type, settings.vad) == ("cpu", "int8", False)
     assert (settings.max_concurrency, settings.metrics_port) == (3, 9300)

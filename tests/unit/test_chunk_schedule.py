@@ -1,4 +1,4 @@
-"""The replica dump-size rule (MODEL_SPEC 8.2): chunk sizes, ×3 growth, the EOA flush."""
+"""The replica dump-size rule (docs/streaming.md): chunk sizes, ×3 growth, the EOA flush."""
 
 import pytest
 

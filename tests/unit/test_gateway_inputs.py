@@ -8,6 +8,7 @@ import wave
 
 import numpy as np
 import pytest
+import soundfile
 
 from llmvox_gateway.errors import GatewayError
 from llmvox_gateway.inputs import check_text, decode_audio, decode_image, decode_images
@@ -47,6 +48,14 @@ def test_mono_wav_is_passed_through_and_stereo_is_averaged() -> None:
     assert np.all(np.abs(averaged - 2000) <= 1)
 
 
+def test_float32_wav_is_converted_to_pcm16() -> None:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.full(1600, 0.5, np.float32), 24_000, format="WAV", subtype="FLOAT")
+    audio = decode_audio(base64.b64encode(buffer.getvalue()).decode(), SETTINGS)
+    assert (audio.sample_rate, audio.wav) == (24_000, buffer.getvalue())
+    assert set(np.frombuffer(audio.pcm16, "<i2").tolist()) == {16384}
+
+
 def test_data_urls_are_accepted() -> None:
     data = "data:audio/wav;base64," + wav_b64(np.zeros(160, "<i2"))
     assert decode_audio(data, SETTINGS).seconds == pytest.approx(0.01)
@@ -61,7 +70,7 @@ def test_data_urls_are_accepted() -> None:
         (wav_b64(np.zeros(100, "<i2"), rate=4000), 422, "sample rate"),
         (wav_b64(np.zeros(0, "<i2")), 422, "empty"),
         (wav_b64(np.zeros(16_000 * 3, "<i2")), 413, "limit"),
-        ("A" * 1_000_000, 413, "larger"),
+        ("A" * 2_000_000, 413, "larger"),
     ],
 )
 def test_bad_audio_is_refused_with_its_reason(data: str, status: int, needle: str) -> None:

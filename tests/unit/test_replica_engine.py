@@ -81,8 +81,9 @@ def test_slots_are_bounded_and_reused(tiny) -> None:
     with pytest.raises(EngineFullError):
         engine.add("c", first_chunk=5, max_chunk=5)
     engine.remove("a")
-    engine.add("c", first_chunk=5, max_chunk=5)
-    assert engine.free_slots == 0
+    engine.add("c", first_chunk=5, max_chunk=5)  # the freed slot is taken again
+    with pytest.raises(EngineFullError):
+        engine.add("d", first_chunk=5, max_chunk=5)
 
 
 def snr_db(reference: torch.Tensor, joined: torch.Tensor) -> float:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llmvox_common.audio import read_wav
+from llmvox_common.sentences import SentenceSplitter
 from llmvox_tts.cli import main
 from llmvox_tts.constants import HOP_LENGTH
 from llmvox_tts.loading.bundle import build_tiny
@@ -23,11 +24,14 @@ def tiny():
     return build_tiny(seed=0)
 
 
-def test_split_sentences_follows_upstream_rules() -> None:
-    pieces = ["Hi", " there", ".", " It", " costs", " **5**", " $", ".", " Bye", "<|eot_id|>", "x"]
-    assert list(split_sentences(pieces)) == ["Hi there .", "It costs 5 $ .", "Bye"]
-    assert list(split_sentences(["Item", " 5."])) == ["Item 5"]  # "5." is not a sentence end
-    assert list(split_sentences(["", "-", "  "])) == []
+def test_synth_splits_sentences_as_the_gateway_does() -> None:
+    """One splitter for the service and `llmvox-tts synth`: the same text, the same sentences."""
+    text = "Hi there. How are **you**? Item 5. Fine\nBye"
+    streamed = ["Hi th", "ere. How", " are **you**? Item", " 5. Fine\nBye"]
+    expected = [["Hi", "there."], ["How", "are", "you?"], ["Item", "5", "Fine"], ["Bye"]]
+    assert list(split_sentences([text], SentenceSplitter())) == expected
+    assert list(split_sentences(streamed, SentenceSplitter())) == expected
+    assert list(split_sentences(["", "-", "  "], SentenceSplitter())) == []
 
 
 def test_untrained_sentence_is_stopped_by_runaway_guard(tiny) -> None:
@@ -112,7 +116,7 @@ def test_cli_synth_writes_wav(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             "Hello there. Bye now.",
             "--out",
             str(out),
-            "--max-tokens-per-text-id",
+            "--max_tokens_per_text_id",
             "3",
         ]
     )
@@ -141,7 +145,7 @@ def test_cli_rejects_empty_and_oversized_text(tmp_path: Path) -> None:
                 "tiny",
                 "--text",
                 "x" * 50,
-                "--max-text-chars",
+                "--max_text_chars",
                 "10",
                 "--out",
                 str(tmp_path / "b.wav"),

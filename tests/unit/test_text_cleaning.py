@@ -1,14 +1,9 @@
-"""Upstream LLM-piece cleaning, eos rstrip and two-queue routing (MODEL_SPEC 8.1, 8.2)."""
+"""Upstream LLM-piece cleaning, eos rstrip and two-queue routing (docs/streaming.md)."""
 
 import pytest
 
-from llmvox_tts.streaming.text_cleaning import (
-    PieceRouter,
-    RoutedPiece,
-    clean_llm_piece,
-    route_pieces,
-    rstrip_eos,
-)
+from llmvox_common.text_cleaning import clean_llm_piece
+from tests.golden.upstream_oracle import PieceRouter, RoutedPiece, route_pieces, rstrip_eos
 
 pytestmark = pytest.mark.unit
 

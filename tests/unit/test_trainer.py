@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from llmvox_tts.constants import EOA_TOKEN_ID
 from llmvox_tts.loading.llmvox import load_llmvox_decoder
@@ -247,13 +249,25 @@ def test_rank_sharding_is_disjoint_and_covers_global_batch() -> None:
         rank_micro_batches(0, 3, 0, 2)
 
 
-def test_fallback_png_writer(tmp_path: Path) -> None:
+def test_loss_plot_is_a_png_with_both_curves(tmp_path: Path) -> None:
     rows = [(i, 8.0 / (i + 1), None if i % 5 else 9.0 / (i + 1)) for i in range(30)]
-    plot.write_png(tmp_path / "x.png", plot.render_curves(rows, width=64, height=32))
-    data = (tmp_path / "x.png").read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data[12:16] == b"IHDR"
-    assert math.isfinite(len(data))
+    rows.append((30, math.nan, None))  # a diverged step is left out, not drawn off the axes
+    assert plot.write_loss_png(tmp_path / "loss.png", rows)
+    with Image.open(tmp_path / "loss.png") as image:
+        assert (image.format, image.size) == ("PNG", (700, 400))
+        colours = {colour for _, colour in image.convert("RGB").getcolors(1 << 20) or ()}
+    # matplotlib's first two cycle colours: the train and the val curve are both drawn.
+    assert {(31, 119, 180), (255, 127, 14)} <= colours
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]  # the temporary file is renamed
+
+
+def test_loss_plot_is_skipped_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
+    assert not plot.write_loss_png(tmp_path / "loss.png", [(0, 1.0, None)])
+    assert not (tmp_path / "loss.png").exists()
+    assert "matplotlib is not installed" in caplog.text
 
 
 def test_eoa_inside_codes_does_not_count(tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ def test_stereo_wav_is_mixed_and_resampled(tmp_path: Path) -> None:
     assert wav.shape == (2, 8000)
     out = load_audio_24k(path)
     assert out.shape == (12_000,)
-    # Mono is the channel mean, before resampling (MODEL_SPEC 6.5).
+    # Mono is the channel mean, before resampling (docs/wavtokenizer.md, resampling).
     assert out.abs().max() == pytest.approx(0.15, abs=0.01)
 
 

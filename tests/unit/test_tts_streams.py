@@ -4,12 +4,14 @@ every reason a job is refused."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from llmvox_common.tts_streams import (
     AudioPart,
+    Heartbeat,
     JobFormatError,
     TextPiece,
     TTSJob,
@@ -36,7 +38,6 @@ def _job_fields(**overrides: str | None) -> dict[bytes, bytes]:
     fields: dict[str, str | None] = {
         "session": "s1",
         "seq": "4",
-        "last": "0",
         "first_chunk": "10",
         "max_chunk": "1280",
         "reply_to": REPLY_TO,
@@ -67,7 +68,6 @@ def test_keys() -> None:
             session="sess-ü",
             seq=17,
             reply_to=REPLY_TO,
-            last=True,
             first_chunk=160,
             max_chunk=640,
             deadline_ms=1_750_000_000_123,
@@ -83,11 +83,10 @@ def test_job_round_trip(job: TTSJob) -> None:
 
 
 def test_job_fields_are_the_contract() -> None:
-    streamed = TTSJob(session="s", seq=1, reply_to=REPLY_TO, last=True, text_stream="k")
+    streamed = TTSJob(session="s", seq=1, reply_to=REPLY_TO, text_stream="k")
     assert streamed.to_fields() == {
         "session": "s",
         "seq": "1",
-        "last": "1",
         "first_chunk": "10",
         "max_chunk": "1280",
         "reply_to": REPLY_TO,
@@ -245,7 +244,7 @@ def test_chunk_sizes_below_one(name: str, value: str) -> None:
     assert (error.reply_to, error.seq) == (REPLY_TO, 4)
 
 
-@pytest.mark.parametrize("name", ["first_chunk", "max_chunk", "last", "deadline_ms"])
+@pytest.mark.parametrize("name", ["first_chunk", "max_chunk", "deadline_ms"])
 def test_non_integer_optional_fields(name: str) -> None:
     error = _refused(_job_fields(**{name: "ten"}))
     assert name in error.reason
@@ -254,3 +253,42 @@ def test_non_integer_optional_fields(name: str) -> None:
 
 def test_job_format_error_is_a_value_error() -> None:
     assert isinstance(_refused(_job_fields(text=None)), ValueError)
+
+
+def test_heartbeat_round_trip() -> None:
+    beat = Heartbeat(at_ms=1_750_000_000_123, profile="tiny", untrained=True)
+    assert Heartbeat.decode(beat.encode()) == beat
+    assert Heartbeat.decode(beat.encode().encode()) == beat  # as redis returns it
+
+
+@pytest.mark.parametrize(
+    "value", [b"1750000000123", b"not json", b'["at_ms"]', b'{"at_ms": true}', b"\xff"]
+)
+def test_heartbeat_that_is_not_the_json_object_reads_as_unknown(value: bytes) -> None:
+    assert Heartbeat.decode(value) == Heartbeat()
+
+
+CONTRACT_DOC = Path(__file__).resolve().parents[2] / "docs" / "redis-contract.md"
+
+
+def _documented_job_fields() -> dict[str, str]:
+    """Field name → its "required" cell, from the job table of docs/redis-contract.md."""
+    text = CONTRACT_DOC.read_text()
+    start, end = text.index("<!-- job-fields"), text.index("<!-- /job-fields -->")
+    fields: dict[str, str] = {}
+    for line in text[start:end].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 2:
+            fields[cells[0].strip("`")] = cells[1]
+    return fields
+
+
+def test_documented_job_fields_are_the_fields_a_job_writes() -> None:
+    written = set(TTSJob(session="s", seq=0, reply_to=REPLY_TO, text="x").to_fields())
+    written |= set(TTSJob(session="s", seq=0, reply_to=REPLY_TO, text_stream="k").to_fields())
+    documented = _documented_job_fields()
+    assert set(documented) == written
+    # The documented defaults are the ones a job gets when the field is absent.
+    defaults = TTSJob(session="s", seq=0, reply_to=REPLY_TO, text="x")
+    for name in ("first_chunk", "max_chunk", "deadline_ms"):
+        assert documented[name].startswith(f"no ({getattr(defaults, name)}"), name

@@ -74,11 +74,6 @@ def check_clip(data: bytes, sample_rate_hz: int, max_seconds: float) -> None:
     check_whole_samples(len(data))
 
 
-def clip_to_whisper(data: bytes, sample_rate_hz: int, max_seconds: float) -> np.ndarray:
-    check_clip(data, sample_rate_hz, max_seconds)
-    return pcm16_to_whisper(data, sample_rate_hz)
-
-
 class Pcm16Stream:
     """Audio of one streaming call, appended chunk by chunk.
 

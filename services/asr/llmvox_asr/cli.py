@@ -8,9 +8,6 @@ import asyncio
 import logging
 import sys
 import time
-import types
-import typing
-import wave
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,7 +16,13 @@ import pydantic
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmvox_common._proto.llmvox.asr.v1 import asr_pb2, asr_pb2_grpc
-from llmvox_common.audio import float_to_pcm16, read_wav
+from llmvox_common.audio import WavError, read_wav_pcm16
+from llmvox_common.cli_settings import (
+    add_command,
+    add_settings_arguments,
+    new_parser,
+    settings_from_args,
+)
 
 from .settings import DEFAULT_PORT, AsrSettings
 
@@ -29,38 +32,12 @@ EXIT_RPC_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _flag_type(annotation: object) -> type:
-    # `str | None` and friends: the first concrete member names the parser type.
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation  # type: ignore[return-value]
-
-
-def add_settings_arguments(parser: argparse.ArgumentParser, defaults: AsrSettings) -> None:
-    """One flag per settings field, named like it (`beam_size` → `--beam-size`, env
-    LLMVOX_ASR_BEAM_SIZE), its default taken from the environment."""
-    group = parser.add_argument_group("server settings (each also env LLMVOX_ASR_<NAME>)")
-    for name, field in AsrSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kind = _flag_type(field.annotation)
-        help_text = f"{field.description or name} (default: %(default)s)"
-        if kind is bool:
-            group.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=getattr(defaults, name),
-                help=help_text,
-            )
-        else:
-            group.add_argument(flag, type=kind, default=getattr(defaults, name), help=help_text)
-
-
 def serve(args: argparse.Namespace) -> int:
     from .server import serve as run_server
     from .transcriber import ModelUnavailableError
 
     try:
-        settings = AsrSettings(**{name: getattr(args, name) for name in AsrSettings.model_fields})
+        settings = settings_from_args(AsrSettings, args)
     except pydantic.ValidationError as error:
         print(f"error: invalid settings:\n{error}", file=sys.stderr)
         return EXIT_USAGE
@@ -77,17 +54,6 @@ def serve(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     return 0
-
-
-def read_pcm16(path: Path) -> tuple[bytes, int]:
-    """PCM16 mono bytes and the sample rate of a WAV file (several channels are averaged)."""
-    with wave.open(str(path), "rb") as wav:
-        if wav.getsampwidth() != 2:
-            raise ValueError("only 16-bit PCM WAV files are supported")
-        if wav.getnchannels() == 1:
-            return wav.readframes(wav.getnframes()), wav.getframerate()
-    samples, rate = read_wav(path)
-    return float_to_pcm16(samples).tobytes(), rate
 
 
 def _config(args: argparse.Namespace, sample_rate_hz: int) -> asr_pb2.RecognitionConfig:
@@ -112,8 +78,8 @@ def _stream_requests(
 
 def transcribe(args: argparse.Namespace) -> int:
     try:
-        pcm, rate = read_pcm16(args.file)
-    except (OSError, EOFError, wave.Error, ValueError) as error:
+        pcm, rate = read_wav_pcm16(args.file)
+    except (OSError, WavError) as error:
         print(f"error: cannot read {args.file}: {error}", file=sys.stderr)
         return EXIT_USAGE
     config = _config(args, rate)
@@ -160,20 +126,20 @@ def health(args: argparse.Namespace) -> int:
             time.sleep(0.5)
 
 
-def build_parser(defaults: AsrSettings) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmvox-asr", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("llmvox-asr", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_parser = commands.add_parser("serve", help="run the gRPC server")
-    add_settings_arguments(serve_parser, defaults)
+    serve_parser = add_command(commands, "serve", "run the gRPC server")
+    add_settings_arguments(serve_parser, AsrSettings)
     serve_parser.set_defaults(run=serve)
 
-    client = commands.add_parser("transcribe", help="print the transcript of a 16-bit WAV file")
-    client.add_argument("file", type=Path, help="16-bit PCM WAV, 8..48 kHz")
+    client = add_command(commands, "transcribe", "print the transcript of a WAV file")
+    client.add_argument("file", type=Path, help="WAV file (16-bit PCM or 32-bit float, 8..48 kHz)")
     client.add_argument("--addr", default=DEFAULT_ADDR, help="server HOST:PORT")
     client.add_argument("--language", default="", help="ISO 639-1 code; '' or 'auto' detects")
     client.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
-    client.add_argument("--target-language", default="", help="translate: '' or 'en'")
+    client.add_argument("--target_language", default="", help="translate: '' or 'en'")
     client.add_argument("--vad", action="store_true", help="drop non-speech (Silero VAD)")
     client.add_argument("--stream", action="store_true", help="StreamingRecognize in 100 ms chunks")
     client.add_argument(
@@ -182,7 +148,7 @@ def build_parser(defaults: AsrSettings) -> argparse.ArgumentParser:
     client.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     client.set_defaults(run=transcribe)
 
-    check = commands.add_parser("health", help="standard gRPC health check; exit 0 if SERVING")
+    check = add_command(commands, "health", "standard gRPC health check; exit 0 if SERVING")
     check.add_argument("--addr", default=DEFAULT_ADDR, help="server HOST:PORT")
     check.add_argument("--service", default="", help="service name ('' = the whole server)")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
@@ -192,12 +158,7 @@ def build_parser(defaults: AsrSettings) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        defaults = AsrSettings()
-    except pydantic.ValidationError as error:
-        print(f"error: invalid LLMVOX_ASR_* environment:\n{error}", file=sys.stderr)
-        return EXIT_USAGE
-    args = build_parser(defaults).parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.run(args)
 
 

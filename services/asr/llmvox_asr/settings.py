@@ -1,6 +1,6 @@
 """Settings of the ASR service: one name per setting across env vars and CLI flags.
 
-`--beam-size` on the command line is `LLMVOX_ASR_BEAM_SIZE` in the environment; a flag given on
+`--beam_size` on the command line is `LLMVOX_ASR_BEAM_SIZE` in the environment; a flag given on
 the command line wins over the environment.
 """
 

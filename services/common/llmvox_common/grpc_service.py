@@ -28,11 +28,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class ServiceError(Exception):
-    """A failure the client should see: a status code, a clear message, and whether a retry
-    may succeed."""
+    """A failure the client should see: a status code and a clear message."""
 
     code = grpc.StatusCode.INTERNAL
-    retryable = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -45,16 +43,10 @@ class InvalidArgument(ServiceError):
 
 class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    retryable = True
-
-
-class FailedPrecondition(ServiceError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
-    retryable = True
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:

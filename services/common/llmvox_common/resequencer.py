@@ -1,4 +1,4 @@
-"""Puts the audio parts of one turn back in `(seq, part)` order (ARCHITECTURE.md, data flow).
+"""Puts the audio parts of one turn back in `(seq, part)` order (docs/tts-pool.md, contract).
 
 Sentences of a turn are synthesised by different replicas at once, and a job whose replica died
 is regenerated from the start by another one, so parts reach the gateway out of order and some

@@ -1,4 +1,4 @@
-"""The upstream text cleaning rule for LLM output (MODEL_SPEC 8.1), shared by the TTS replica's
+"""The upstream text cleaning rule for LLM output (docs/streaming.md), shared by the TTS replica's
 upstream-compatible producer and the gateway's sentence splitter.
 
 Reproduced exactly, quirks included (`1,2,3` → `12,3`, no final strip), because the decoder was

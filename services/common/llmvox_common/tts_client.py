@@ -27,11 +27,15 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from llmvox_common.constants import (
+    CONSUMER_GROUP,
+    DEFAULT_FIRST_CHUNK,
+    DEFAULT_MAX_CHUNK,
+    JOBS_STREAM,
+)
 from llmvox_common.resequencer import DEFAULT_MAX_BUFFERED, Resequencer
 from llmvox_common.tts_streams import (
     CANCEL_ALL,
-    CONSUMER_GROUP,
-    JOBS_STREAM,
     AudioPart,
     JobFormatError,
     TextPiece,
@@ -229,9 +233,8 @@ class TTSClient:
         seq: int,
         text: str,
         *,
-        last: bool = False,
-        first_chunk: int = 10,
-        max_chunk: int = 1280,
+        first_chunk: int = DEFAULT_FIRST_CHUNK,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
         deadline_ms: int = 0,
     ) -> str:
         """Enqueue one sentence whose text is known up front; returns the job's entry id."""
@@ -239,7 +242,6 @@ class TTSClient:
             session=session,
             seq=seq,
             reply_to=audio_stream_key(session),
-            last=last,
             first_chunk=first_chunk,
             max_chunk=max_chunk,
             deadline_ms=deadline_ms,
@@ -252,9 +254,8 @@ class TTSClient:
         session: str,
         seq: int,
         *,
-        last: bool = False,
-        first_chunk: int = 10,
-        max_chunk: int = 1280,
+        first_chunk: int = DEFAULT_FIRST_CHUNK,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
         deadline_ms: int = 0,
         first_piece: str | None = None,
     ) -> str:
@@ -268,7 +269,6 @@ class TTSClient:
             session=session,
             seq=seq,
             reply_to=audio_stream_key(session),
-            last=last,
             first_chunk=first_chunk,
             max_chunk=max_chunk,
             deadline_ms=deadline_ms,

@@ -1,10 +1,10 @@
-"""The Redis Streams contract between the gateway and the TTS replica pool (ARCHITECTURE.md).
+"""The Redis Streams contract between the gateway and the TTS replica pool: entry fields and their
+encoding, once, for both sides. docs/redis-contract.md describes every key, who writes and reads
+it, and how long it lives; the key names themselves are in constants.py.
 
-Keys, field names and their encoding live here, once, for both sides.
-
-Jobs (`llmvox:tts:jobs`, consumer group `tts`): one per sentence, with `session`, `seq`, `last`,
+Jobs (`llmvox:tts:jobs`, consumer group `tts`): one per sentence, with `session`, `seq`,
 `first_chunk`, `max_chunk`, `reply_to`, `deadline_ms` and either `text` or `text_stream`.
-Streamed text (`llmvox:text:<session>:<seq>`): entries with `piece` (a whole word) and/or
+Streamed text (`llmvox:text:<session>:<seq>`): entries with `piece` (whole words) and/or
 `done` = 1. Audio (`reply_to`, normally `llmvox:audio:<session>`): parts with `seq`, `part`,
 `last`, `pcm` (float32 little-endian mono 24 kHz), `tokens`, `worker`; a failed or dropped job
 ends with a part that carries `error` and `error_kind` (and `last` = 1, no samples).
@@ -18,19 +18,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
-JOBS_STREAM = "llmvox:tts:jobs"
-CONSUMER_GROUP = "tts"
-DEAD_LETTER_STREAM = "llmvox:tts:dead"
-WORKERS_KEY_PREFIX = "llmvox:tts:worker:"  # heartbeat key per replica
+from .constants import (
+    AUDIO_KEY_PREFIX,
+    CANCEL_KEY_PREFIX,
+    CONSUMER_GROUP,
+    DEAD_LETTER_STREAM,
+    DEFAULT_FIRST_CHUNK,
+    DEFAULT_MAX_CHUNK,
+    JOBS_STREAM,
+    TEXT_KEY_PREFIX,
+    WORKERS_KEY_PREFIX,
+)
+
+__all__ = [
+    "CANCEL_ALL",
+    "CONSUMER_GROUP",
+    "DEAD_LETTER_STREAM",
+    "JOBS_STREAM",
+    "WORKERS_KEY_PREFIX",
+    "AudioPart",
+    "Heartbeat",
+    "JobFormatError",
+    "TTSJob",
+    "TextPiece",
+    "audio_stream_key",
+    "cancel_key",
+    "cancels_seq",
+    "text_stream_key",
+]
 
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """The value of a replica's heartbeat key: when it was written and what the replica runs.
-
-    JSON `{"at_ms", "profile", "untrained"}`; replicas before the profile was added wrote a bare
-    Unix-ms timestamp, which reads with the rest unknown.
-    """
+    """The value of a replica's heartbeat key: when it was written and what the replica runs,
+    as JSON `{"at_ms", "profile", "untrained"}`. A value that is not such an object reads as
+    all unknown: the key's existence still says the replica lives."""
 
     at_ms: float | None = None
     profile: str | None = None
@@ -47,29 +69,27 @@ class Heartbeat:
             beat = json.loads(value)
         except (ValueError, UnicodeDecodeError):
             return cls()
-        if isinstance(beat, int | float) and not isinstance(beat, bool):
-            return cls(at_ms=beat)
         if not isinstance(beat, dict):
             return cls()
         at_ms = beat.get("at_ms")
         profile = beat.get("profile")
         return cls(
-            at_ms=at_ms if isinstance(at_ms, int | float) else None,
+            at_ms=at_ms if isinstance(at_ms, int | float) and not isinstance(at_ms, bool) else None,
             profile=profile if isinstance(profile, str) else None,
             untrained=beat.get("untrained") is True,
         )
 
 
 def audio_stream_key(session: str) -> str:
-    return f"llmvox:audio:{session}"
+    return f"{AUDIO_KEY_PREFIX}{session}"
 
 
 def text_stream_key(session: str, seq: int) -> str:
-    return f"llmvox:text:{session}:{seq}"
+    return f"{TEXT_KEY_PREFIX}{session}:{seq}"
 
 
 def cancel_key(session: str) -> str:
-    return f"llmvox:cancel:{session}"
+    return f"{CANCEL_KEY_PREFIX}{session}"
 
 
 CANCEL_ALL = "all"
@@ -120,12 +140,14 @@ def _int(fields: Mapping[bytes | str, bytes | str], name: str, default: int | No
 
 @dataclass(frozen=True)
 class TTSJob:
+    """One sentence to speak. Every field is set by the producer and read by the replica; the
+    end of a turn is not a job field: the gateway knows its final seq itself."""
+
     session: str
     seq: int
     reply_to: str
-    last: bool = False
-    first_chunk: int = 10
-    max_chunk: int = 1280
+    first_chunk: int = DEFAULT_FIRST_CHUNK
+    max_chunk: int = DEFAULT_MAX_CHUNK
     deadline_ms: int = 0  # Unix time in ms after which the job is dropped; 0 = none
     text: str | None = None
     text_stream: str | None = None
@@ -134,7 +156,6 @@ class TTSJob:
         fields = {
             "session": self.session,
             "seq": str(self.seq),
-            "last": "1" if self.last else "0",
             "first_chunk": str(self.first_chunk),
             "max_chunk": str(self.max_chunk),
             "reply_to": self.reply_to,
@@ -167,9 +188,8 @@ class TTSJob:
                 session=session,
                 seq=_int(fields, "seq"),
                 reply_to=reply_to,
-                last=_int(fields, "last", 0) == 1,
-                first_chunk=_int(fields, "first_chunk", 10),
-                max_chunk=_int(fields, "max_chunk", 1280),
+                first_chunk=_int(fields, "first_chunk", DEFAULT_FIRST_CHUNK),
+                max_chunk=_int(fields, "max_chunk", DEFAULT_MAX_CHUNK),
                 deadline_ms=_int(fields, "deadline_ms", 0),
                 text=text,
                 text_stream=stream or None,

@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 
 from llmvox_common.audio import float_to_pcm16
+from llmvox_common.constants import SAMPLE_RATE
 
-SAMPLE_RATE = 24_000
 OutputFormat = Literal["float32", "pcm16"]
 
 # RIFF and data sizes of a stream of unknown length: the maximum, which players read as "until

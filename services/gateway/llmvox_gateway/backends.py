@@ -1,7 +1,9 @@
-"""gRPC clients of the ASR and LLM services, shaped for the gateway's turns.
+"""What a turn talks to: the small interfaces (Protocols) of the ASR, the LLM and the TTS pool,
+and the real gRPC clients of the ASR and LLM services (the TTS side is `llmvox_common.tts_client`).
 
-Errors leave as `GatewayError`; cancelling the awaiting task cancels the call, which stops the
-generation on the LLM server (its handler sees the cancellation).
+Turns and sessions depend on the Protocols only, so tests drive them with in-memory fakes.
+Errors leave the gRPC clients as `GatewayError`; cancelling the awaiting task cancels the call,
+which stops the generation on the LLM server (its handler sees the cancellation).
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmvox_common._proto.llmvox.asr.v1 import asr_pb2, asr_pb2_grpc
 from llmvox_common._proto.llmvox.llm.v1 import llm_pb2, llm_pb2_grpc
+from llmvox_common.constants import DEFAULT_FIRST_CHUNK, DEFAULT_MAX_CHUNK
+from llmvox_common.tts_streams import AudioPart
 
 from .errors import from_grpc, unavailable
 
@@ -62,6 +66,105 @@ class Transcript:
     text: str
     language: str
     audio_seconds: float
+
+
+# -- interfaces ---------------------------------------------------------------------------------
+
+
+class Service(Protocol):
+    """A backend the readiness check asks about."""
+
+    addr: str
+
+    async def ready(self, check_s: float = 2.0) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class LlmClient(Service, Protocol):
+    def generate(
+        self, messages: Sequence[ChatMessage], sampling: Sampling
+    ) -> AsyncIterator[str]: ...
+
+
+class TranscriptSource(Protocol):
+    """A transcript still to come: `finish` waits for it, `cancel` abandons it (idempotent, also
+    after `finish`)."""
+
+    async def finish(self) -> Transcript: ...
+
+    async def cancel(self) -> None: ...
+
+
+class TranscriptStream(TranscriptSource, Protocol):
+    """Streaming recognition: audio is sent while the user speaks."""
+
+    def send(self, pcm16: bytes) -> None: ...
+
+
+class AsrClient(Service, Protocol):
+    async def recognize(
+        self, pcm16: bytes, sample_rate: int, *, language: str, target_language: str = ""
+    ) -> Transcript: ...
+
+    def stream(
+        self, sample_rate: int, *, language: str, on_partial: Callable[[str], object]
+    ) -> TranscriptStream: ...
+
+
+class AudioParts(Protocol):
+    """A turn's audio parts in `(seq, part)` order (`TTSClient.parts`)."""
+
+    @property
+    def last_id(self) -> str: ...
+
+    @property
+    def duplicates_dropped(self) -> int: ...
+
+    def done_after(self, seq: int) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[AudioPart]: ...
+
+
+class TtsJobs(Protocol):
+    """The TTS pool as the gateway uses it (`llmvox_common.tts_client.TTSClient`)."""
+
+    async def open_text_stream(
+        self,
+        session: str,
+        seq: int,
+        *,
+        first_chunk: int = DEFAULT_FIRST_CHUNK,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
+        deadline_ms: int = 0,
+        first_piece: str | None = None,
+    ) -> str: ...
+
+    async def append_text(
+        self, session: str, seq: int, piece: str, *, done: bool = False
+    ) -> str: ...
+
+    async def close_text(self, session: str, seq: int) -> str: ...
+
+    async def cancel(
+        self, session: str, ttl_s: int = 60, *, up_to_seq: int | None = None
+    ) -> None: ...
+
+    def parts(
+        self,
+        session: str,
+        *,
+        last_seq: int | None,
+        first_seq: int = 0,
+        start_id: str = "0",
+        block_ms: int = 500,
+        timeout_s: float = 30.0,
+    ) -> AudioParts: ...
+
+
+# -- gRPC clients ---------------------------------------------------------------------------------
 
 
 class _Backend:

@@ -14,38 +14,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any, get_args, get_origin
 
+from llmvox_common.cli_settings import (
+    add_command,
+    add_settings_arguments,
+    new_parser,
+)
 from llmvox_common.cli_settings import settings_from_args as settings_from_namespace
 
 from .settings import GatewaySettings
-
-
-def _flag_type(annotation: Any) -> Any:
-    """The argparse type of a settings field: the non-None member of an optional, str for lists."""
-    if get_origin(annotation) is list:
-        return str
-    args = [arg for arg in get_args(annotation) if arg is not type(None)]
-    if args and get_origin(annotation) is not None:
-        annotation = args[0]
-    if get_origin(annotation) is not None:  # Literal[...] and the like: validated by pydantic
-        return str
-    return annotation if annotation in (int, float, str) else str
-
-
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (each also env LLMVOX_GATEWAY_<NAME>)")
-    for name, field in GatewaySettings.model_fields.items():
-        # The settings' own names (the original server's style), and the dashed spelling the
-        # other services' flags use.
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        help_text = field.description or ""
-        if field.annotation is bool:
-            group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction)
-        else:
-            group.add_argument(
-                *flags, dest=name, type=_flag_type(field.annotation), default=None, help=help_text
-            )
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
@@ -85,12 +62,12 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmvox-gateway", description=__doc__)
+    parser = new_parser("llmvox-gateway", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve HTTP, the WebSocket and the web page")
-    add_settings_arguments(serve)
+    serve = add_command(sub, "serve", "serve HTTP, the WebSocket and the web page")
+    add_settings_arguments(serve, GatewaySettings)
     serve.set_defaults(run=_serve)
-    check = sub.add_parser("health", help="check a running gateway (exit 0 when healthy)")
+    check = add_command(sub, "health", "check a running gateway (exit 0 when healthy)")
     check.add_argument("--url", default="http://127.0.0.1:5003/readyz")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds per try")
     check.add_argument("--wait", type=float, default=0.0, help="keep trying this many seconds")

@@ -10,8 +10,6 @@ import grpc
 # WebSocket close codes (RFC 6455 and the IANA registry).
 WS_NORMAL = 1000
 WS_POLICY = 1008
-WS_TOO_BIG = 1009
-WS_SERVER_ERROR = 1011
 WS_TRY_AGAIN_LATER = 1013
 
 
@@ -36,10 +34,6 @@ class GatewayError(Exception):
                 "message": self.message,
             }
         }
-
-
-def bad_request(message: str) -> GatewayError:
-    return GatewayError(400, "invalid_request_error", message)
 
 
 def invalid_field(message: str) -> GatewayError:

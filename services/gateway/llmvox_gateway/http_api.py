@@ -1,26 +1,30 @@
 """HTTP endpoints: the original server's (`/tts`, `/voicechat`, `/vlmschat`, `/multimodalchat`,
 raw float32 24 kHz PCM) and OpenAI's `/v1/audio/speech`, plus health and metrics.
 
-Each endpoint validates its body, reserves a session slot, runs the steps that can still fail
-with a status code (ASR, the LLM's first token), and only then starts the audio stream, which
-closes when the answer is done. A client that disconnects cancels its turn (LLM call and TTS
-jobs) through the stream generator's cleanup.
+Each endpoint validates its body, says what to speak (a `TextSource`, after a `TranscriptSource`
+for spoken questions) and hands it to `_stream_turn`, which reserves a session slot and runs one
+`Turn` (turn.py): the steps that can still fail with a status code (ASR, the LLM's first token)
+run before the status is sent, which is at the first audio; the stream closes when the answer is
+done. A client that disconnects closes the turn's event stream, which cancels the turn (LLM call
+and TTS jobs).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from llmvox_common.constants import SAMPLE_RATE
+
 from . import metrics
 from .audio_format import OutputFormat, encode, streaming_wav_header
 from .auth import require_api_key
-from .backends import ChatMessage, require
+from .backends import AsrClient, ChatMessage, Transcript, TranscriptSource, require
 from .errors import GatewayError, invalid_field
 from .inputs import (
     SPEECH_FORMATS,
@@ -35,7 +39,7 @@ from .inputs import (
     decode_images,
 )
 from .runtime import GatewayRuntime
-from .turn import AudioChunk, TextDelta, Turn, TurnDone, TurnTimings
+from .turn import AudioChunk, LlmText, TextSource, TurnDone, VerbatimText
 
 router = APIRouter()
 protected = APIRouter(dependencies=[Depends(require_api_key)])
@@ -65,23 +69,14 @@ def runtime_of(request: Request) -> GatewayRuntime:
     return runtime
 
 
-async def _text_source(text: str) -> AsyncIterator[str]:
-    yield text
-
-
-async def _llm_source(runtime: GatewayRuntime, messages: list[ChatMessage]) -> AsyncIterator[str]:
-    llm = require(runtime.llm, "LLM")
-    async for delta in llm.generate(messages, runtime.sampling):
-        yield delta
-
-
 async def _stream_turn(
     runtime: GatewayRuntime,
     endpoint: str,
-    build: Callable[[str, TurnTimings], Awaitable[Turn]],
-    fmt: OutputFormat,
+    text: TextSource,
     *,
-    media_type: str,
+    speech: TranscriptSource | None = None,
+    fmt: OutputFormat = "float32",
+    media_type: str = "application/octet-stream",
     header: bytes = b"",
 ) -> Response:
     """Run a turn behind a session slot; errors before the first audio keep their status."""
@@ -90,19 +85,19 @@ async def _stream_turn(
             429, "busy", f"too many sessions (max_sessions={runtime.settings.max_sessions})"
         )
     session = uuid.uuid4().hex
-    timings = TurnTimings()
+    events = runtime.turn(session, text, speech=speech, endpoint=endpoint).events()
     try:
-        turn = await build(session, timings)
-        events = turn.events()
         # Nothing is sent before the first audio (these endpoints send audio only), so a turn
-        # that fails before it (LLM refused, Redis down) is a 4xx/5xx, not an empty 200.
+        # that fails before it (no speech, LLM refused, Redis down) is a 4xx/5xx, not an empty 200.
         first = await anext(events)
-        while isinstance(first, TextDelta):
+        while not isinstance(first, AudioChunk | TurnDone):
             first = await anext(events)
     except BaseException:
+        await events.aclose()
         runtime.limiter.release()
         raise
     if isinstance(first, TurnDone) and first.error is not None:
+        await events.aclose()
         runtime.limiter.release()
         raise first.error
 
@@ -112,103 +107,90 @@ async def _stream_turn(
                 yield header
             item = first
             last_sent: float | None = None
-            while True:
-                if isinstance(item, AudioChunk):
-                    now = time.monotonic()
-                    if last_sent is not None:
-                        metrics.INTER_CHUNK_GAP.observe(now - last_sent)
-                    last_sent = now
-                    metrics.AUDIO_SECONDS.inc(item.samples / 24_000)
-                    yield encode(item.pcm, fmt)
-                elif isinstance(item, TurnDone):
-                    break
+            while isinstance(item, AudioChunk):
+                now = time.monotonic()
+                if last_sent is not None:
+                    metrics.INTER_CHUNK_GAP.observe(now - last_sent)
+                last_sent = now
+                metrics.AUDIO_SECONDS.inc(item.samples / SAMPLE_RATE)
+                yield encode(item.pcm, fmt)
                 item = await anext(events)
+                while not isinstance(item, AudioChunk | TurnDone):
+                    item = await anext(events)
         finally:
-            await events.aclose()
+            await events.aclose()  # the client left early: the turn is cancelled
             runtime.limiter.release()
 
     metrics.REQUESTS.labels(endpoint, "200").inc()
     return StreamingResponse(body(), media_type=media_type, headers={"X-LLMVoX-Session": session})
 
 
-def _upstream_stream(
-    runtime: GatewayRuntime, endpoint: str, build: Callable[[str, TurnTimings], Awaitable[Turn]]
-) -> Awaitable[Response]:
-    return _stream_turn(runtime, endpoint, build, "float32", media_type="application/octet-stream")
+class _Recognition:
+    """The transcript of a whole recording, recognised when the turn asks for it, so the ASR
+    call runs under the turn's deadline and cancel path."""
+
+    def __init__(
+        self, asr: AsrClient, audio: AudioInput, language: str, target_language: str
+    ) -> None:
+        self._asr = asr
+        self._audio = audio
+        self._language = language
+        self._target_language = target_language
+
+    async def finish(self) -> Transcript:
+        transcript = await self._asr.recognize(
+            self._audio.pcm16,
+            self._audio.sample_rate,
+            language=self._language,
+            target_language=self._target_language,
+        )
+        if not transcript.text:
+            raise GatewayError(
+                422, "invalid_request_error", "audio_base64: no speech recognised", code="no_speech"
+            )
+        return transcript
+
+    async def cancel(self) -> None:
+        """Nothing runs outside `finish`, which the turn's cancel interrupts."""
+
+
+def _recognition(
+    runtime: GatewayRuntime, audio: AudioInput, source_language: str, target_language: str
+) -> _Recognition:
+    asr = require(runtime.asr, "ASR")
+    require(runtime.llm, "LLM")  # before the ASR's work, which would be wasted without it
+    return _Recognition(asr, audio, source_language or runtime.settings.language, target_language)
+
+
+def _llm_text(runtime: GatewayRuntime, message: Callable[[str | None], ChatMessage]) -> LlmText:
+    """The LLM's answer to one user message, made from the transcript when there is one."""
+    llm = require(runtime.llm, "LLM")
+    return LlmText(
+        llm, runtime.sampling, lambda transcript: runtime.messages([message(transcript)])
+    )
 
 
 # -- the original server's endpoints -------------------------------------------------------------
-
-
-def _llm_turn(
-    runtime: GatewayRuntime,
-    endpoint: str,
-    message: ChatMessage,
-    session: str,
-    timings: TurnTimings,
-) -> Turn:
-    messages = runtime.messages([message])
-    return runtime.turn(
-        session,
-        _llm_source(runtime, messages),
-        source_is_llm=True,
-        endpoint=endpoint,
-        timings=timings,
-    )
-
-
-async def _transcribe(
-    runtime: GatewayRuntime,
-    audio: AudioInput,
-    source_language: str,
-    target_language: str,
-    timings: TurnTimings,
-) -> str:
-    asr = require(runtime.asr, "ASR")
-    require(runtime.llm, "LLM")  # before the ASR's work, which would be wasted without it
-    transcript = await asr.recognize(
-        audio.pcm16,
-        audio.sample_rate,
-        language=source_language or runtime.settings.language,
-        target_language=target_language,
-    )
-    timings.mark("asr")
-    metrics.ASR_SECONDS.observe((timings.asr or 0.0) - timings.started)
-    if not transcript.text:
-        raise GatewayError(
-            422, "invalid_request_error", "audio_base64: no speech recognised", code="no_speech"
-        )
-    return transcript.text
 
 
 @protected.post("/tts")
 async def tts(body: TtsRequest, request: Request) -> Response:
     runtime = runtime_of(request)
     text = check_text(body.text, runtime.settings)
-
-    async def build(session: str, timings: TurnTimings) -> Turn:
-        if body.verbatim:
-            return runtime.turn(
-                session, _text_source(text), source_is_llm=False, endpoint="tts", timings=timings
-            )
-        require(runtime.llm, "LLM")
-        return _llm_turn(runtime, "tts", ChatMessage("user", text), session, timings)
-
-    return await _upstream_stream(runtime, "tts", build)
+    if body.verbatim:
+        return await _stream_turn(runtime, "tts", VerbatimText(text))
+    return await _stream_turn(
+        runtime, "tts", _llm_text(runtime, lambda _: ChatMessage("user", text))
+    )
 
 
 @protected.post("/voicechat")
 async def voicechat(body: VoiceChatRequest, request: Request) -> Response:
     runtime = runtime_of(request)
     audio = decode_audio(body.audio_base64, runtime.settings)
-
-    async def build(session: str, timings: TurnTimings) -> Turn:
-        text = await _transcribe(
-            runtime, audio, body.source_language, body.target_language, timings
-        )
-        return _llm_turn(runtime, "voicechat", ChatMessage("user", text), session, timings)
-
-    return await _upstream_stream(runtime, "voicechat", build)
+    speech = _recognition(runtime, audio, body.source_language, body.target_language)
+    text = _llm_text(runtime, lambda transcript: ChatMessage("user", transcript or ""))
+    return await _stream_turn(runtime, "voicechat", text, speech=speech)
 
 
 @protected.post("/vlmschat")
@@ -217,15 +199,11 @@ async def vlmschat(body: VlmsChatRequest, request: Request) -> Response:
     audio = decode_audio(body.audio_base64, runtime.settings)
     images = decode_images([body.image_base64], runtime.settings, "image_base64")
     _require_chat_type(runtime, "vlmschat", _IMAGE_CHAT_TYPES)
-
-    async def build(session: str, timings: TurnTimings) -> Turn:
-        text = await _transcribe(
-            runtime, audio, body.source_language, body.target_language, timings
-        )
-        message = ChatMessage("user", text, images=images)
-        return _llm_turn(runtime, "vlmschat", message, session, timings)
-
-    return await _upstream_stream(runtime, "vlmschat", build)
+    speech = _recognition(runtime, audio, body.source_language, body.target_language)
+    text = _llm_text(
+        runtime, lambda transcript: ChatMessage("user", transcript or "", images=images)
+    )
+    return await _stream_turn(runtime, "vlmschat", text, speech=speech)
 
 
 @protected.post("/multimodalchat")
@@ -234,13 +212,8 @@ async def multimodalchat(body: MultimodalChatRequest, request: Request) -> Respo
     audio = decode_audio(body.audio_base64, runtime.settings)
     images = decode_images(body.image_list, runtime.settings, "image_list")
     _require_chat_type(runtime, "multimodalchat", ("multimodal",))
-
-    async def build(session: str, timings: TurnTimings) -> Turn:
-        require(runtime.llm, "LLM")
-        message = ChatMessage("user", MULTIMODAL_PROMPT, images=images, audios=[audio.wav])
-        return _llm_turn(runtime, "multimodalchat", message, session, timings)
-
-    return await _upstream_stream(runtime, "multimodalchat", build)
+    message = ChatMessage("user", MULTIMODAL_PROMPT, images=images, audios=[audio.wav])
+    return await _stream_turn(runtime, "multimodalchat", _llm_text(runtime, lambda _: message))
 
 
 # -- OpenAI-compatible speech --------------------------------------------------------------------
@@ -258,21 +231,18 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     if body.speed != 1.0:
         raise invalid_field("speed: only 1.0 is supported")
 
-    async def build(session: str, timings: TurnTimings) -> Turn:
-        return runtime.turn(
-            session, _text_source(text), source_is_llm=False, endpoint="speech", timings=timings
-        )
-
     if body.response_format == "wav":
         return await _stream_turn(
             runtime,
             "speech",
-            build,
-            "pcm16",
+            VerbatimText(text),
+            fmt="pcm16",
             media_type="audio/wav",
             header=streaming_wav_header(),
         )
-    return await _stream_turn(runtime, "speech", build, "pcm16", media_type="audio/pcm")
+    return await _stream_turn(
+        runtime, "speech", VerbatimText(text), fmt="pcm16", media_type="audio/pcm"
+    )
 
 
 # -- health and metrics --------------------------------------------------------------------------

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import wave
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmvox_common.audio import float_to_pcm16
+from llmvox_common.audio import WavError, decode_wav_pcm16
 
 from .errors import invalid_field, too_large
 from .settings import GatewaySettings
@@ -96,26 +93,18 @@ def _b64(data: str, field: str, limit: int) -> bytes:
 
 
 def decode_audio(data: str, settings: GatewaySettings, field: str = "audio_base64") -> AudioInput:
-    """A base64 16-bit PCM WAV file (any rate 8..48 kHz, channels averaged) within the limit."""
-    max_bytes = int(settings.max_audio_seconds * 48_000 * 2 * 2) + 1024
+    """A base64 WAV file (16-bit PCM or 32-bit float, any rate 8..48 kHz, channels averaged)
+    within the limit."""
+    # The byte bound before decoding: float32 stereo at 48 kHz, the largest usual WAV, for the
+    # whole allowed duration; the duration itself is checked once decoded.
+    max_bytes = int(settings.max_audio_seconds * 48_000 * 4 * 2) + 1024
     raw = _b64(data, field, max_bytes)
     try:
-        with wave.open(io.BytesIO(raw), "rb") as wav:
-            width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
-            frames = wav.readframes(wav.getnframes())
-    except (wave.Error, EOFError) as error:
-        raise invalid_field(f"{field}: not a PCM WAV file ({error})") from None
-    if width != 2:
-        raise invalid_field(f"{field}: {8 * width}-bit WAV; 16-bit PCM is required")
+        pcm16, rate = decode_wav_pcm16(raw)
+    except WavError as error:
+        raise invalid_field(f"{field}: {error}") from None
     if not 8000 <= rate <= 48000:
         raise invalid_field(f"{field}: sample rate {rate} Hz outside 8000..48000")
-    samples = np.frombuffer(frames, dtype="<i2")
-    if channels > 1:
-        usable = len(samples) - len(samples) % channels
-        mono = samples[:usable].reshape(-1, channels).astype(np.float32).mean(axis=1) / 32768.0
-        pcm16 = float_to_pcm16(mono).tobytes()
-    else:
-        pcm16 = samples.tobytes()
     audio = AudioInput(pcm16, rate, raw)
     if audio.seconds == 0:
         raise invalid_field(f"{field}: the audio is empty")

@@ -1,26 +1,37 @@
 """What the gateway's endpoints share for the life of the process: settings, the Redis
 connection and TTS client, the gRPC backends, the session limiter; and the turn factory that
-wires them together for one answer."""
+wires them together for one answer.
+
+The backends come in as `Clients`: `Clients.connect` makes the real ones, tests pass fakes."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from llmvox_common.sentences import SentenceSplitter
 from llmvox_common.tts_client import TTSClient, ensure_group
 from llmvox_common.tts_streams import WORKERS_KEY_PREFIX, Heartbeat
 
-from .backends import AsrBackend, ChatMessage, LlmBackend, Sampling
+from .backends import (
+    AsrBackend,
+    AsrClient,
+    ChatMessage,
+    LlmBackend,
+    LlmClient,
+    Sampling,
+    TranscriptSource,
+    TtsJobs,
+)
 from .limits import SessionLimiter
-from .sentences import SentenceSplitter
 from .settings import GatewaySettings
-from .turn import ChunkPlan, Turn, TurnTimings
+from .turn import ChunkPlan, TextSource, Turn, TurnTimings
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +44,45 @@ class PoolState:
     untrained: bool
 
 
-class GatewayRuntime:
-    def __init__(self, settings: GatewaySettings) -> None:
-        self.settings = settings
-        self.redis: Redis = Redis.from_url(
+@dataclass
+class Clients:
+    """The Redis connection (health, pool state), the TTS pool, and the gRPC services (None: not
+    configured)."""
+
+    redis: Redis
+    tts: TtsJobs
+    asr: AsrClient | None
+    llm: LlmClient | None
+
+    @classmethod
+    def connect(cls, settings: GatewaySettings) -> Clients:
+        redis: Redis = Redis.from_url(
             settings.redis_url, decode_responses=False, socket_connect_timeout=5
         )
-        self.tts = TTSClient(self.redis, audio_ttl_s=int(max(600, settings.turn_timeout_s * 2)))
-        self.asr = (
-            AsrBackend(settings.asr_addr, timeout_s=settings.asr_timeout_s)
-            if settings.asr_addr
-            else None
+        return cls(
+            redis=redis,
+            tts=TTSClient(redis, audio_ttl_s=int(max(600, settings.turn_timeout_s * 2))),
+            asr=(
+                AsrBackend(settings.asr_addr, timeout_s=settings.asr_timeout_s)
+                if settings.asr_addr
+                else None
+            ),
+            llm=(
+                LlmBackend(settings.llm_addr, timeout_s=settings.llm_timeout_s)
+                if settings.llm_addr
+                else None
+            ),
         )
-        self.llm = (
-            LlmBackend(settings.llm_addr, timeout_s=settings.llm_timeout_s)
-            if settings.llm_addr
-            else None
-        )
+
+
+class GatewayRuntime:
+    def __init__(self, settings: GatewaySettings, clients: Clients | None = None) -> None:
+        self.settings = settings
+        clients = clients or Clients.connect(settings)
+        self.redis = clients.redis
+        self.tts = clients.tts
+        self.asr = clients.asr
+        self.llm = clients.llm
         self.limiter = SessionLimiter(settings.max_sessions)
         self.plan = ChunkPlan(
             settings.initial_dump_size_1, settings.initial_dump_size_2, settings.max_dump_size
@@ -87,10 +120,10 @@ class GatewayRuntime:
     def turn(
         self,
         session: str,
-        source: AsyncIterator[str],
+        text: TextSource,
         *,
+        speech: TranscriptSource | None = None,
         first_seq: int = 0,
-        source_is_llm: bool,
         endpoint: str,
         timings: TurnTimings | None = None,
         audio_start_id: str = "0",
@@ -98,7 +131,8 @@ class GatewayRuntime:
         return Turn(
             self.tts,
             session,
-            source,
+            text,
+            speech=speech,
             first_seq=first_seq,
             plan=self.plan,
             splitter=SentenceSplitter(
@@ -109,7 +143,6 @@ class GatewayRuntime:
             audio_start_id=audio_start_id,
             part_timeout_s=self.settings.tts_part_timeout_s,
             turn_timeout_s=self.settings.turn_timeout_s,
-            source_is_llm=source_is_llm,
             endpoint=endpoint,
         )
 

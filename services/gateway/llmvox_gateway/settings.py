@@ -11,6 +11,12 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from llmvox_common.constants import (
+    DEFAULT_FIRST_CHUNK,
+    DEFAULT_LATER_FIRST_CHUNK,
+    DEFAULT_MAX_CHUNK,
+)
+
 ChatType = Literal["text", "voice", "visual_speech", "multimodal"]
 
 DEFAULT_API_PORT = 5003  # the original server's port, which its example client hard-codes
@@ -35,9 +41,9 @@ class GatewaySettings(BaseSettings):
     # Chunk schedule handed to the TTS jobs (upstream names): the first sentence of a turn starts
     # with initial_dump_size_1 tokens per part, later ones (which play while the first does)
     # with initial_dump_size_2; parts grow ×3 up to max_dump_size.
-    initial_dump_size_1: int = Field(10, ge=1)
-    initial_dump_size_2: int = Field(160, ge=1)
-    max_dump_size: int = Field(1280, ge=1)
+    initial_dump_size_1: int = Field(DEFAULT_FIRST_CHUNK, ge=1)
+    initial_dump_size_2: int = Field(DEFAULT_LATER_FIRST_CHUNK, ge=1)
+    max_dump_size: int = Field(DEFAULT_MAX_CHUNK, ge=1)
 
     # Sentence splitting: a clause that ends in , ; or : is cut off as its own TTS job once it
     # has this many words; nothing longer than max_sentence_words goes into one job.

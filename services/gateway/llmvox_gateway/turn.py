@@ -1,11 +1,19 @@
-"""One turn: streamed text in (LLM deltas or a client's own text), TTS jobs out, audio back in
-order, as a single stream of events for an endpoint to render.
+"""One response, its whole life in one object: a `Turn` waits for the final transcript when the
+input is speech, runs its text source (the LLM's stream, or text given verbatim), opens the TTS
+jobs, re-sequences their audio, and reports every step as an event, ending with exactly one
+`TurnDone`. Endpoints only render the events (HTTP body, WebSocket frames).
 
 Text path: deltas → `SentenceSplitter` → one TTS job per sentence, opened with its first words
 and fed word batches through its text stream, so a replica starts decoding after a few LLM
 tokens. Audio path: the session's audio stream, re-sequenced by `(seq, part)` (duplicates of
-re-delivered jobs dropped) → `AudioChunk` events. Both run as tasks feeding one queue; the
-consumer of `events()` sets the pace (a full queue holds back the audio reader, never memory).
+re-delivered jobs dropped) → `AudioChunk` events. Both run as child tasks of the turn's task;
+events go to the sink as they come, and the sink sets the pace (a slow HTTP client holds back
+the audio reader, never memory).
+
+One way out: completion, barge-in (`cancel`), the client leaving (`close`), the turn's deadline
+and any error all end `_run`, which then stops what still runs (the LLM call through its
+generator, the ASR, the audio reader) and, unless the turn completed, sets the TTS cancel key.
+Every TTS job carries the turn's deadline (`deadline_ms`), so replicas drop jobs nobody waits for.
 
 Seqs are per session and only grow, so a barge-in cancels `seq <= last opened` and the next
 turn's jobs are untouched (tts_streams.cancels_seq).
@@ -17,22 +25,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from llmvox_common.constants import (
+    DEFAULT_FIRST_CHUNK,
+    DEFAULT_LATER_FIRST_CHUNK,
+    DEFAULT_MAX_CHUNK,
+    SAMPLE_RATE,
+)
 from llmvox_common.resequencer import ResequencerOverflow
-from llmvox_common.tts_client import TTSClient
+from llmvox_common.sentences import SentenceSplitter, WordBatch
 
 from . import metrics
+from .backends import ChatMessage, LlmClient, Sampling, TranscriptSource, TtsJobs
 from .errors import GatewayError
-from .sentences import SentenceSplitter, WordBatch
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24_000
 _QUEUE_EVENTS = 64
 
 
@@ -41,9 +55,9 @@ class ChunkPlan:
     """Upstream's dump sizes: the turn's first sentence starts small (fast first audio), later
     sentences start larger (they play while earlier ones do); all grow ×3 up to `max_dump`."""
 
-    first_dump: int = 10
-    later_dump: int = 160
-    max_dump: int = 1280
+    first_dump: int = DEFAULT_FIRST_CHUNK
+    later_dump: int = DEFAULT_LATER_FIRST_CHUNK
+    max_dump: int = DEFAULT_MAX_CHUNK
 
     def first_chunk(self, sentence_index: int) -> int:
         return self.first_dump if sentence_index == 0 else self.later_dump
@@ -75,6 +89,15 @@ class TurnTimings:
             "first_audio_s": rel(self.first_audio),
             "total_s": rel(self.done),
         }
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TranscriptFinal:
+    text: str
+    asr_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -115,59 +138,132 @@ class TurnDone:
         return body
 
 
-TurnEvent = TextDelta | AudioChunk | TurnDone
+TurnEvent = TranscriptFinal | TextDelta | AudioChunk | TurnDone
+# Receives a turn's events in order; awaited, so a sink that waits holds the turn back.
+Sink = Callable[[TurnEvent], Awaitable[None]]
 
 
-def _loop_time(monotonic_deadline: float) -> float:
-    """A `time.monotonic()` deadline on the event loop's clock."""
-    loop = asyncio.get_running_loop()
-    return loop.time() + (monotonic_deadline - time.monotonic())
+# -- text sources ---------------------------------------------------------------------------------
 
 
-class _End:
-    """A task's last word in the queue: its failure, or None."""
+class TextSource(Protocol):
+    """What a turn speaks; `open` is called once, with the transcript when the input was speech."""
 
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
+    @property
+    def from_llm(self) -> bool: ...
+
+    def open(self, transcript: str | None) -> AsyncIterator[str]: ...
+
+
+class LlmText:
+    """The LLM's answer to the messages `messages(transcript)` builds when the turn needs them
+    (after the transcript, so a session can put it in its history first)."""
+
+    from_llm = True
+
+    def __init__(
+        self,
+        llm: LlmClient,
+        sampling: Sampling,
+        messages: Callable[[str | None], Sequence[ChatMessage]],
+    ) -> None:
+        self._llm = llm
+        self._sampling = sampling
+        self._messages = messages
+
+    def open(self, transcript: str | None) -> AsyncIterator[str]:
+        return self._llm.generate(self._messages(transcript), self._sampling)
+
+
+class VerbatimText:
+    """Text spoken as it is: given whole (HTTP), or appended while the turn already speaks (a
+    client streaming its own LLM's output over the WebSocket) until `commit`."""
+
+    from_llm = False
+
+    def __init__(self, text: str | None = None, *, max_chars: int | None = None) -> None:
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._max_chars = max_chars
+        self._chars = 0
+        self.committed = False
+        if text is not None:
+            self.append(text)
+            self.commit()
+
+    def append(self, text: str) -> None:
+        if self.committed:
+            raise RuntimeError("text appended after commit")
+        self._chars += len(text)
+        if self._max_chars is not None and self._chars > self._max_chars:
+            # What was appended is still spoken; the turn ends there.
+            self.commit()
+            raise GatewayError(
+                413,
+                "too_large",
+                f"verbatim text over {self._max_chars} characters; "
+                "the rest of this response is ignored",
+            )
+        self._queue.put_nowait(text)
+
+    def commit(self) -> None:
+        if not self.committed:
+            self.committed = True
+            self._queue.put_nowait(None)
+
+    async def open(self, transcript: str | None) -> AsyncIterator[str]:
+        while (text := await self._queue.get()) is not None:
+            yield text
+
+
+# -- the turn -------------------------------------------------------------------------------------
+
+
+class _Phase(Enum):
+    NEW = "new"  # made, its task not running yet
+    WORKING = "working"  # transcript, text and audio: the part a cancel interrupts
+    ENDING = "ending"  # stopping what runs, reporting TurnDone
+    ENDED = "ended"
 
 
 class Turn:
-    """Speaks the text of `source` in session `session`, starting at seq `first_seq`.
+    """Speaks `text` (after `speech`'s transcript, if given) in session `session`, from seq
+    `first_seq` on. `next_seq` is the first seq free for the session's next turn and
+    `audio_last_id` where its audio reader resumes.
 
-    `events()` yields `TextDelta`s and `AudioChunk`s as they come, then exactly one `TurnDone`.
-    `cancel()` (barge-in) stops the text source and the TTS jobs, drops the queued audio, and ends
-    `events()` with status "cancelled". `next_seq` is the first seq free for the next turn.
+    Run it once: `start(sink)` (push: the WebSocket) or `events()` (pull: HTTP bodies). Either
+    way the events end with exactly one `TurnDone`; `done` holds it afterwards.
     """
 
     def __init__(
         self,
-        tts: TTSClient,
+        tts: TtsJobs,
         session: str,
-        source: AsyncIterator[str],
+        text: TextSource,
         *,
-        first_seq: int,
+        speech: TranscriptSource | None = None,
+        first_seq: int = 0,
         plan: ChunkPlan,
         splitter: SentenceSplitter,
         timings: TurnTimings | None = None,
         audio_start_id: str = "0",
         part_timeout_s: float = 30.0,
         turn_timeout_s: float = 120.0,
-        source_is_llm: bool = True,
         endpoint: str = "ws",
     ) -> None:
         self._tts = tts
         self.session = session
-        self._source = source
+        self.source = text
+        self._speech = speech
         self.first_seq = first_seq
         self.next_seq = first_seq
         self._plan = plan
         self._splitter = splitter
         self.timings = timings or TurnTimings()
-        self._part_timeout_s = part_timeout_s
         self._turn_timeout_s = turn_timeout_s
-        self._source_is_llm = source_is_llm
+        self._deadline = self.timings.started + turn_timeout_s  # time.monotonic()
+        # The same instant as Unix ms, for replicas on other machines.
+        self._deadline_ms = int((time.time() + self._deadline - time.monotonic()) * 1000)
         self._endpoint = endpoint
-        self._queue: asyncio.Queue[TextDelta | AudioChunk | _End] = asyncio.Queue(_QUEUE_EVENTS)
         self._audio = tts.parts(
             session,
             last_seq=None,
@@ -180,30 +276,196 @@ class Turn:
         self._open_seq: int | None = None  # the seq whose text is still being streamed
         self._text: list[str] = []
         self._samples = 0
-        self._tasks: list[asyncio.Task[None]] = []
-        self._cancelled = False
-        self._finished = False
+        self._llm_stream: AsyncIterator[str] | None = None
+        self._sink: Sink | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[TurnEvent] | None = None  # the pull form's (`events`)
+        self._phase = _Phase.NEW
+        self._outcome: tuple[str, GatewayError | None] | None = None  # the first one wins
+        self._silent = False  # the consumer is gone: emit nothing more
+        self._ended = asyncio.Event()
+        self.done: TurnDone | None = None
 
     @property
     def audio_last_id(self) -> str:
-        """Where the session's next turn resumes reading the audio stream."""
         return self._audio.last_id
 
     @property
     def text(self) -> str:
         return "".join(self._text)
 
+    # -- running --------------------------------------------------------------------------------
+
+    def start(self, sink: Sink) -> None:
+        """Run the turn in its own task, handing each event to `sink`."""
+        if self._task is not None:
+            raise RuntimeError("a turn runs once")
+        self._sink = sink
+        self._task = asyncio.create_task(self._run(), name=f"turn {self.session}/{self.first_seq}")
+
+    async def events(self) -> AsyncGenerator[TurnEvent, None]:
+        """`start` as an async iterator, through a bounded queue; leaving the loop early is the
+        client leaving (`close`)."""
+        queue: asyncio.Queue[TurnEvent] = asyncio.Queue(_QUEUE_EVENTS)
+        self._queue = queue
+        self.start(queue.put)
+        try:
+            while not isinstance(event := await queue.get(), TurnDone):
+                yield event
+            yield event
+        finally:
+            # Silent first, then drained: a put waiting on the full queue returns, and no new
+            # one starts, so the turn cannot block on a consumer that is gone.
+            self._silent = True
+            self._drop_queued()
+            await self.close()
+
+    async def cancel(self) -> None:
+        """Barge-in: stop now, ending with status "cancelled" unless the turn already has its
+        outcome; returns once `TurnDone` went to the sink. Safe at any time, more than once."""
+        if self._outcome is None and self._phase in (_Phase.NEW, _Phase.WORKING):
+            self._outcome = ("cancelled", None)
+            if self._phase is _Phase.WORKING and self._task is not None:
+                self._task.cancel()
+            # NEW: the task sees the outcome when it starts and does no work.
+            # Queued audio is not to be played any more, and the room lets TurnDone in.
+            self._drop_queued()
+        if self._task is not None:
+            await self._ended.wait()
+
+    async def close(self) -> None:
+        """The consumer is gone (client disconnected): cancel, and emit nothing more."""
+        self._silent = True
+        await self.cancel()
+
+    def _drop_queued(self) -> None:
+        if self._queue is not None:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+
+    async def _run(self) -> None:
+        try:
+            status, error = await self._work_until_stopped()
+            if self._outcome is None:
+                self._outcome = (status, error)
+        except asyncio.CancelledError:  # not a cancel of ours: the loop is going down
+            self._silent = True
+            raise
+        finally:
+            try:
+                if self._outcome is None:
+                    self._outcome = ("cancelled", None)
+                self._phase = _Phase.ENDING
+                await self._stop()
+                await self._emit(self._report())
+            finally:
+                self._phase = _Phase.ENDED
+                self._ended.set()
+
+    async def _work_until_stopped(self) -> tuple[str, GatewayError | None]:
+        if self._outcome is not None:  # cancelled before it began
+            return self._outcome
+        self._phase = _Phase.WORKING
+        loop = asyncio.get_running_loop()
+        deadline = asyncio.timeout_at(loop.time() + (self._deadline - time.monotonic()))
+        try:
+            async with deadline:
+                await self._work()
+        except asyncio.CancelledError:
+            if self._outcome is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # ours (`cancel`): the turn ends normally, as cancelled
+            return self._outcome
+        except TimeoutError as error:
+            if deadline.expired():
+                message = f"the turn took longer than {self._turn_timeout_s:g} s"
+                return "failed", GatewayError(504, "timeout", message)
+            return "failed", _as_gateway_error(error)
+        except Exception as error:
+            return "failed", _as_gateway_error(error)
+        return "completed", None
+
+    async def _work(self) -> None:
+        transcript: str | None = None
+        if self._speech is not None:
+            result = await self._speech.finish()
+            self.timings.mark("asr")
+            metrics.ASR_SECONDS.observe((self.timings.asr or 0.0) - self.timings.started)
+            await self._emit(TranscriptFinal(result.text, self.timings.as_dict()["asr_s"]))
+            if not result.text:
+                raise GatewayError(
+                    422, "invalid_request_error", "no speech recognised", code="no_speech"
+                )
+            transcript = result.text
+        self._llm_stream = self.source.open(transcript)
+        paths = [
+            asyncio.create_task(self._speak(self._llm_stream), name="turn-text"),
+            asyncio.create_task(self._read_audio(), name="turn-audio"),
+        ]
+        try:
+            await asyncio.wait(paths, return_when=asyncio.FIRST_EXCEPTION)
+            for path in paths:
+                if path.done() and not path.cancelled() and (error := path.exception()):
+                    raise error
+        finally:
+            # Closed before the reader is cancelled, not after (as a TaskGroup would): a
+            # cancellation landing inside redis-py's blocking read can be lost, and the reader
+            # would then poll until its part timeout (AudioPartStream.close).
+            self._audio.close()
+            for path in paths:
+                path.cancel()
+            await asyncio.gather(*paths, return_exceptions=True)
+
+    async def _stop(self) -> None:
+        """Stop whatever still runs; the TTS jobs are cancelled unless the turn completed."""
+        self._audio.close()
+        if self._llm_stream is not None:
+            aclose = getattr(self._llm_stream, "aclose", None)
+            if aclose is not None:  # closing the generator cancels the LLM's gRPC call
+                with contextlib.suppress(Exception):
+                    await aclose()
+        if self._speech is not None:
+            with contextlib.suppress(Exception):
+                await self._speech.cancel()
+        assert self._outcome is not None
+        if self._outcome[0] != "completed" and self.next_seq > self.first_seq:
+            with contextlib.suppress(Exception):
+                await self._tts.cancel(self.session, up_to_seq=self.next_seq - 1)
+
+    def _report(self) -> TurnDone:
+        assert self._outcome is not None
+        status, error = self._outcome
+        self.timings.mark("done")
+        metrics.TURNS.labels(status).inc()
+        metrics.DUPLICATES_DROPPED.inc(self._audio.duplicates_dropped)
+        self.done = TurnDone(
+            status, self.text, self._samples / SAMPLE_RATE, self.timings.as_dict(), error
+        )
+        return self.done
+
+    async def _emit(self, event: TurnEvent) -> None:
+        if self._silent or self._sink is None:
+            return
+        if isinstance(event, AudioChunk) and self.timings.first_audio is None:
+            self.timings.mark("first_audio")
+            metrics.TIME_TO_FIRST_AUDIO.labels(self._endpoint).observe(
+                (self.timings.first_audio or 0.0) - self.timings.started
+            )
+        await self._sink(event)
+
     # -- text path ------------------------------------------------------------------------------
 
-    async def _produce(self) -> None:
-        async for delta in self._source:
-            if self._source_is_llm and self.timings.llm_first_token is None:
+    async def _speak(self, deltas: AsyncIterator[str]) -> None:
+        async for delta in deltas:
+            if self.source.from_llm and self.timings.llm_first_token is None:
                 self.timings.mark("llm_first_token")
                 # The LLM is called when the transcript is final (voice) or at once (text).
                 called = self.timings.asr or self.timings.started
                 metrics.LLM_FIRST_TOKEN.observe((self.timings.llm_first_token or called) - called)
             self._text.append(delta)
-            await self._queue.put(TextDelta(delta))
+            await self._emit(TextDelta(delta))
             for batch in self._splitter.push(delta):
                 await self._apply(batch)
         for batch in self._splitter.finish():
@@ -226,6 +488,7 @@ class Turn:
                 seq,
                 first_chunk=self._plan.first_chunk(seq - self.first_seq),
                 max_chunk=self._plan.max_dump,
+                deadline_ms=self._deadline_ms,
                 first_piece=piece,
             )
             self.timings.mark("first_sentence")
@@ -262,97 +525,17 @@ class Turn:
                 continue
             chunk = AudioChunk(part.seq, part.part, part.pcm, self._samples)
             self._samples += chunk.samples
-            await self._queue.put(chunk)
+            await self._emit(chunk)
 
-    # -- driving --------------------------------------------------------------------------------
 
-    async def _run(self, work: Callable[[], Any]) -> None:
-        try:
-            await work()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as error:  # handed to events(), which ends the turn with it
-            await self._queue.put(_End(error))
-            return
-        await self._queue.put(_End())
-
-    async def events(self) -> AsyncIterator[TurnEvent]:
-        self._tasks = [
-            asyncio.create_task(self._run(self._produce), name="turn-text"),
-            asyncio.create_task(self._run(self._read_audio), name="turn-audio"),
-        ]
-        running = len(self._tasks)
-        error: GatewayError | None = None
-        deadline = self.timings.started + self._turn_timeout_s
-        try:
-            while running and not self._cancelled:
-                try:
-                    async with asyncio.timeout_at(_loop_time(deadline)):
-                        item = await self._queue.get()
-                except TimeoutError:
-                    error = GatewayError(
-                        504, "timeout", f"the turn took longer than {self._turn_timeout_s:g} s"
-                    )
-                    break
-                if isinstance(item, _End):
-                    running -= 1
-                    if item.error is not None:
-                        error = self._as_gateway_error(item.error)
-                        break
-                    continue
-                if isinstance(item, AudioChunk) and self.timings.first_audio is None:
-                    self.timings.mark("first_audio")
-                    metrics.TIME_TO_FIRST_AUDIO.labels(self._endpoint).observe(
-                        (self.timings.first_audio or 0.0) - self.timings.started
-                    )
-                yield item
-            if error is not None:
-                await self._stop_tasks()
-            self.timings.mark("done")
-            self._finished = True
-            status = "cancelled" if self._cancelled else "failed" if error else "completed"
-            metrics.TURNS.labels(status).inc()
-            metrics.DUPLICATES_DROPPED.inc(self._audio.duplicates_dropped)
-            yield TurnDone(
-                status, self.text, self._samples / SAMPLE_RATE, self.timings.as_dict(), error
-            )
-        finally:
-            if not self._finished:  # the consumer left early (client gone): stop everything
-                self._cancelled = True
-                await self._stop_tasks()
-
-    async def cancel(self) -> None:
-        """Barge-in; safe to call at any time, more than once."""
-        if self._finished or self._cancelled:
-            return
-        self._cancelled = True
-        await self._stop_tasks()
-        while not self._queue.empty():  # queued audio is not to be played any more
-            self._queue.get_nowait()
-        self._queue.put_nowait(_End())  # wakes events(), which sees the flag
-
-    async def _stop_tasks(self) -> None:
-        self._audio.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        with contextlib.suppress(AttributeError, Exception):
-            await self._source.aclose()  # type: ignore[attr-defined]
-        if self.next_seq > self.first_seq:
-            with contextlib.suppress(Exception):
-                await self._tts.cancel(self.session, up_to_seq=self.next_seq - 1)
-
-    @staticmethod
-    def _as_gateway_error(error: BaseException) -> GatewayError:
-        if isinstance(error, GatewayError):
-            return error
-        if isinstance(error, TimeoutError):
-            return GatewayError(504, "timeout", f"speech synthesis timed out: {error}")
-        if isinstance(error, ResequencerOverflow):
-            return GatewayError(502, "backend_error", str(error))
-        if isinstance(error, RedisError):
-            return GatewayError(503, "unavailable", f"TTS queue (Redis) unavailable: {error}")
-        log.error("turn failed", exc_info=error)
-        return GatewayError(500, "internal_error", f"internal error: {type(error).__name__}")
+def _as_gateway_error(error: BaseException) -> GatewayError:
+    if isinstance(error, GatewayError):
+        return error
+    if isinstance(error, TimeoutError):
+        return GatewayError(504, "timeout", f"speech synthesis timed out: {error}")
+    if isinstance(error, ResequencerOverflow):
+        return GatewayError(502, "backend_error", str(error))
+    if isinstance(error, RedisError):
+        return GatewayError(503, "unavailable", f"TTS queue (Redis) unavailable: {error}")
+    log.error("turn failed", exc_info=error)
+    return GatewayError(500, "server_error", f"internal error: {type(error).__name__}")

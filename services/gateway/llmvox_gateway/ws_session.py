@@ -1,9 +1,11 @@
 """One WebSocket session of `GET /v1/ws` (protocol in docs/gateway.md).
 
 A session is a TaskGroup of named loops: `receive` (client events → actions), `send` (one bounded
-outbox → the socket) and `watchdog` (idle timeout, slow client). At most one response runs at a
-time, as its own task; a commit, `response.create` or new verbatim text barges in on it. A client
-that falls `send_queue_frames` behind is closed (1008): audio is never buffered without bound.
+outbox → the socket) and `watchdog` (idle timeout, slow client). The session admits client events
+and renders server events; each response is a `Turn` (turn.py), which owns the response's whole
+life. At most one runs at a time; a commit, `response.create` or new verbatim text barges in on
+it (`Turn.cancel`, which returns once the old response's `response.done` is queued). A client that
+falls `send_queue_frames` behind is closed (1008): audio is never buffered without bound.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +26,11 @@ from fastapi import WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from llmvox_common.constants import SAMPLE_RATE
+
 from . import metrics
 from .audio_format import OutputFormat, encode
-from .backends import AsrStream, ChatMessage
+from .backends import ChatMessage, TranscriptStream
 from .errors import (
     WS_NORMAL,
     WS_POLICY,
@@ -34,7 +38,18 @@ from .errors import (
 )
 from .outbox import CloseFrame, Frame, Outbox
 from .runtime import GatewayRuntime
-from .turn import AudioChunk, TextDelta, TurnDone, TurnTimings
+from .turn import (
+    AudioChunk,
+    LlmText,
+    TextDelta,
+    TextSource,
+    TranscriptFinal,
+    Turn,
+    TurnDone,
+    TurnEvent,
+    TurnTimings,
+    VerbatimText,
+)
 from .ws_protocol import (
     CLIENT_EVENT,
     AudioAppend,
@@ -50,24 +65,12 @@ from .ws_protocol import (
 
 log = logging.getLogger(__name__)
 
-OUTPUT_SAMPLE_RATE = 24_000
 # How stale the `tts_untrained` flag of session.created may be (a replica's profile rarely changes).
 POOL_STATE_MAX_AGE_S = 5.0
 
 
 class _Closed(Exception):
     """Ends the session's TaskGroup: the client left, or the server closed the socket."""
-
-
-@dataclass
-class _Response:
-    id: str
-    source: str  # llm | verbatim
-    timings: TurnTimings
-    task: asyncio.Task[None] | None = None
-    turn: Any = None  # the Turn, once its text source exists
-    text_queue: asyncio.Queue[str | None] | None = None  # verbatim text, None = committed
-    text_chars: int = 0
 
 
 @dataclass
@@ -80,7 +83,7 @@ class _Config:
 
 @dataclass
 class _Utterance:
-    stream: AsrStream
+    stream: TranscriptStream
     bytes: int = 0
     overflowed: bool = False
 
@@ -109,7 +112,7 @@ class WsSession:
         self.last_activity = time.monotonic()
         self.next_seq = 0
         self.audio_last_id = "0"
-        self.response: _Response | None = None
+        self.turn: Turn | None = None  # the running response
         self.utterance: _Utterance | None = None
 
     # -- output ---------------------------------------------------------------------------------
@@ -128,7 +131,7 @@ class WsSession:
             "id": self.id,
             "input_sample_rate": self.config.input_sample_rate,
             "output_audio_format": self.config.output_audio_format,
-            "output_sample_rate": OUTPUT_SAMPLE_RATE,
+            "output_sample_rate": SAMPLE_RATE,
             "language": self.config.language,
         }
         if untrained is not None:
@@ -190,12 +193,14 @@ class WsSession:
                 await self.ws.close(WS_POLICY, "client too slow: send queue full")
                 raise _Closed
             idle = time.monotonic() - self.last_activity
-            if self.response is None and idle > self.settings.idle_timeout_s:
+            if self.turn is None and idle > self.settings.idle_timeout_s:
                 self._put(CloseFrame(WS_NORMAL, "idle timeout"))
                 return
 
     async def _shutdown(self) -> None:
-        await self._barge_in(send_done=False)
+        turn, self.turn = self.turn, None
+        if turn is not None:
+            await turn.close()  # the client is gone: stop everything, report nothing
         if self.utterance is not None:
             await self.utterance.stream.cancel()
             self.utterance = None
@@ -235,18 +240,14 @@ class WsSession:
                     {"type": "conversation.item.created", "item": event.item.model_dump()}
                 )
             case ResponseCreate():
-                await self._start_response(
-                    "llm", TurnTimings(), instructions=event.response.instructions
-                )
+                await self._start_llm_turn(TurnTimings(), instructions=event.response.instructions)
             case ResponseCancel():
                 await self._barge_in()
             case TextAppend():
                 await self._append_text(event.text)
             case TextCommit():
-                response = self.response
-                if response is not None and response.text_queue is not None:
-                    response.text_queue.put_nowait(None)
-                    response.text_queue = None
+                if (feed := self._verbatim_feed()) is not None:
+                    feed.commit()
 
     def _update_session(self, event: SessionUpdate) -> None:
         update = event.session
@@ -318,190 +319,117 @@ class WsSession:
         timings = TurnTimings()
         seconds = utterance.bytes / 2 / self.config.input_sample_rate
         self.send_event({"type": "input_audio_buffer.committed", "audio_seconds": seconds})
-        await self._start_response("llm", timings, asr=utterance.stream)
+        await self._start_llm_turn(timings, speech=utterance.stream)
 
     # -- responses ------------------------------------------------------------------------------
 
-    async def _append_text(self, text: str) -> None:
-        response = self.response
-        if response is None or response.text_queue is None:
-            await self._start_response("verbatim", TurnTimings())
-            response = self.response
-            assert response is not None
-            assert response.text_queue is not None
-        response.text_chars += len(text)
-        if response.text_chars > self.settings.max_text_chars:
-            response.text_queue.put_nowait(None)
-            response.text_queue = None
-            raise GatewayError(
-                413,
-                "too_large",
-                f"verbatim text over {self.settings.max_text_chars} characters; "
-                "the rest of this response is ignored",
-            )
-        response.text_queue.put_nowait(text)
+    def _verbatim_feed(self) -> VerbatimText | None:
+        """The running response's verbatim text, while the client may still add to it."""
+        turn = self.turn
+        if turn is not None and isinstance(turn.source, VerbatimText):
+            return None if turn.source.committed else turn.source
+        return None
 
-    async def _start_response(
+    async def _append_text(self, text: str) -> None:
+        feed = self._verbatim_feed()
+        if feed is None:
+            feed = VerbatimText(max_chars=self.settings.max_text_chars)
+            await self._start_turn(feed, TurnTimings())
+        feed.append(text)  # over the limit: commits what came so far, then raises
+
+    async def _start_llm_turn(
         self,
-        source: str,
         timings: TurnTimings,
         *,
-        asr: AsrStream | None = None,
+        speech: TranscriptStream | None = None,
         instructions: str | None = None,
     ) -> None:
         await self._barge_in()
-        if source == "llm" and self.runtime.llm is None:
-            if asr is not None:
-                await asr.cancel()
+        if self.runtime.llm is None:
+            if speech is not None:
+                await speech.cancel()
             raise GatewayError(503, "unavailable", "this gateway has no LLM service configured")
-        response = _Response("resp_" + uuid.uuid4().hex[:16], source, timings)
-        text_source: AsyncIterator[str] | None = None
-        if source == "verbatim":
-            # Bound now: the client may commit (and the session forget the queue) before the
-            # response's task first runs.
-            response.text_queue = asyncio.Queue()
-            text_source = _queue_source(response.text_queue)
-        self.response = response
-        response.task = asyncio.create_task(
-            self._run_response(response, asr, instructions, text_source),
-            name=f"response {response.id}",
+        text = LlmText(
+            self.runtime.llm,
+            self.runtime.sampling,
+            functools.partial(self._llm_messages, instructions),
         )
+        await self._start_turn(text, timings, speech=speech)
 
-    async def _run_response(
-        self,
-        response: _Response,
-        asr: AsrStream | None,
-        instructions: str | None,
-        text_source: AsyncIterator[str] | None,
-    ) -> None:
-        self.send_event(
-            {"type": "response.created", "response": {"id": response.id, "source": response.source}}
-        )
-        turn = None
-        try:
-            if asr is not None:
-                transcript = await asr.finish()
-                response.timings.mark("asr")
-                metrics.ASR_SECONDS.observe(
-                    (response.timings.asr or 0.0) - response.timings.started
-                )
-                self.send_event(
-                    {
-                        "type": "transcript.final",
-                        "text": transcript.text,
-                        "asr_seconds": response.timings.as_dict()["asr_s"],
-                    }
-                )
-                if not transcript.text:
-                    raise GatewayError(
-                        422, "invalid_request_error", "no speech recognised", code="no_speech"
-                    )
-                self.history.add(ChatMessage("user", transcript.text))
-            source = text_source or self._llm_source(instructions)
-            turn = self.runtime.turn(
-                self.id,
-                source,
-                first_seq=self.next_seq,
-                source_is_llm=response.source == "llm",
-                endpoint="ws",
-                timings=response.timings,
-                audio_start_id=self.audio_last_id,
-            )
-            response.turn = turn
-            await self._play(response, turn)
-        except asyncio.CancelledError:
-            self._done(response, "cancelled", turn)
-        except GatewayError as error:
-            self.send_error(error)
-            self._done(response, "failed", turn, error)
-        except Exception as error:  # a bug must end the response visibly, not silently
-            log.exception("session %s: response %s failed", self.id, response.id)
-            failure = GatewayError(500, "server_error", f"internal error: {type(error).__name__}")
-            self.send_error(failure)
-            self._done(response, "failed", turn, failure)
-        finally:
-            if asr is not None:
-                await asr.cancel()
-            if turn is not None:
-                self.next_seq = max(self.next_seq, turn.next_seq)
-                self.audio_last_id = turn.audio_last_id
-            if self.response is response:
-                self.response = None
-
-    def _llm_source(self, instructions: str | None) -> AsyncIterator[str]:
-        llm = self.runtime.llm
-        assert llm is not None
-        messages = self.runtime.messages(
+    def _llm_messages(self, instructions: str | None, transcript: str | None) -> list[ChatMessage]:
+        """The LLM's input, built when the turn calls it: after the transcript, which joins the
+        history first."""
+        if transcript is not None:
+            self.history.add(ChatMessage("user", transcript))
+        return self.runtime.messages(
             self.history.messages,
             instructions if instructions is not None else self.config.instructions,
         )
-        return llm.generate(messages, self.runtime.sampling)
 
-    async def _play(self, response: _Response, turn: Any) -> None:
-        fmt = self.config.output_audio_format
-        async for event in turn.events():
-            if isinstance(event, TextDelta):
-                self.send_event(
-                    {"type": "response.text.delta", "response_id": response.id, "delta": event.text}
-                )
-            elif isinstance(event, AudioChunk):
-                self.send_event(
-                    {
-                        "type": "response.audio.delta",
-                        "response_id": response.id,
-                        "seq": event.seq,
-                        "part": event.part,
-                        "sample_offset": event.sample_offset,
-                        "samples": event.samples,
-                        "format": fmt,
-                    }
-                )
-                self._put(encode(event.pcm, fmt))
-                metrics.AUDIO_SECONDS.inc(event.samples / OUTPUT_SAMPLE_RATE)
-            elif isinstance(event, TurnDone):
-                if event.error is not None:
-                    self.send_error(event.error)
-                if response.source == "llm" and event.text.strip():
-                    self.history.add(ChatMessage("assistant", event.text))
-                self.send_event(
-                    {"type": "response.text.done", "response_id": response.id, "text": event.text}
-                )
-                self.send_event({"type": "response.done", "response": event.summary(response.id)})
-
-    def _done(
-        self,
-        response: _Response,
-        status: str,
-        turn: Any,
-        error: GatewayError | None = None,
+    async def _start_turn(
+        self, text: TextSource, timings: TurnTimings, *, speech: TranscriptStream | None = None
     ) -> None:
-        """response.done for a response that ended before its turn could report it."""
-        response.timings.mark("done")
-        done = TurnDone(
-            status,
-            turn.text if turn is not None else "",
-            0.0,
-            response.timings.as_dict(),
-            error,
+        await self._barge_in()
+        response_id = "resp_" + uuid.uuid4().hex[:16]
+        turn = self.runtime.turn(
+            self.id,
+            text,
+            speech=speech,
+            first_seq=self.next_seq,
+            endpoint="ws",
+            timings=timings,
+            audio_start_id=self.audio_last_id,
         )
-        self.send_event({"type": "response.done", "response": done.summary(response.id)})
+        self.turn = turn
+        source = "llm" if text.from_llm else "verbatim"
+        self.send_event(
+            {"type": "response.created", "response": {"id": response_id, "source": source}}
+        )
+        turn.start(functools.partial(self._render, turn, response_id))
 
-    async def _barge_in(self, *, send_done: bool = True) -> None:
-        """Stop the running response (LLM call, TTS jobs, queued audio) and wait for its end."""
-        response = self.response
-        if response is None or response.task is None:
-            return
-        self.response = None
-        if response.text_queue is not None:
-            response.text_queue.put_nowait(None)
-        if response.turn is not None and send_done:
-            await response.turn.cancel()  # the turn reports "cancelled" through response.done
-        else:
-            response.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await response.task
+    async def _render(self, turn: Turn, response_id: str, event: TurnEvent) -> None:
+        """One event of `turn` as server events (the turn's sink; never waits: the outbox
+        drops a client that falls behind)."""
+        fmt = self.config.output_audio_format
+        if isinstance(event, TranscriptFinal):
+            self.send_event(
+                {"type": "transcript.final", "text": event.text, "asr_seconds": event.asr_seconds}
+            )
+        elif isinstance(event, TextDelta):
+            self.send_event(
+                {"type": "response.text.delta", "response_id": response_id, "delta": event.text}
+            )
+        elif isinstance(event, AudioChunk):
+            self.send_event(
+                {
+                    "type": "response.audio.delta",
+                    "response_id": response_id,
+                    "seq": event.seq,
+                    "part": event.part,
+                    "sample_offset": event.sample_offset,
+                    "samples": event.samples,
+                    "format": fmt,
+                }
+            )
+            self._put(encode(event.pcm, fmt))
+            metrics.AUDIO_SECONDS.inc(event.samples / SAMPLE_RATE)
+        elif isinstance(event, TurnDone):
+            if event.error is not None:
+                self.send_error(event.error)
+            if turn.source.from_llm and event.text.strip():
+                self.history.add(ChatMessage("assistant", event.text))
+            self.send_event(
+                {"type": "response.text.done", "response_id": response_id, "text": event.text}
+            )
+            self.send_event({"type": "response.done", "response": event.summary(response_id)})
+            # Seqs and the audio stream's read position carry over to the next response.
+            self.next_seq = max(self.next_seq, turn.next_seq)
+            self.audio_last_id = turn.audio_last_id
+            if self.turn is turn:
+                self.turn = None
 
-
-async def _queue_source(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
-    while (text := await queue.get()) is not None:
-        yield text
+    async def _barge_in(self) -> None:
+        """Stop the running response (LLM call, TTS jobs); returns after its response.done."""
+        turn, self.turn = self.turn, None
+        if turn is not None:
+            await turn.cancel()

@@ -34,7 +34,7 @@ def convert_gguf(
         return out
     source = ModelSource.resolve(model, gguf_file)
     if not source.gguf_file:
-        raise ValueError("no GGUF file: pass --gguf-file, or --model pointing at a .gguf file")
+        raise ValueError("no GGUF file: pass --gguf_file, or --model pointing at a .gguf file")
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
     lm = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import warnings
-import wave
 
 import numpy as np
+import soxr
 from PIL import Image
 
-from llmvox_common.audio import pcm16_to_float
+from llmvox_common.audio import WavError, decode_wav, pcm16_to_float
 from llmvox_common.grpc_service import InvalidArgument
 
 from .requests import AudioClip
@@ -47,25 +47,14 @@ def decode_audio(clip: AudioClip, where: str) -> tuple[np.ndarray, int]:
             raise InvalidArgument(f"{where}: raw PCM16 needs an even number of bytes")
         return pcm16_to_float(clip.data), clip.sample_rate_hz
     try:
-        with wave.open(io.BytesIO(clip.data), "rb") as wav:
-            if wav.getsampwidth() != 2:
-                raise InvalidArgument(f"{where}: only 16-bit PCM WAV is supported")
-            channels, rate = wav.getnchannels(), wav.getframerate()
-            frames = wav.readframes(wav.getnframes())
-    except (wave.Error, EOFError) as error:
-        raise InvalidArgument(
-            f"{where}: not a WAV file ({error}); send raw PCM16 with sample_rate_hz"
-        ) from error
-    samples = pcm16_to_float(frames[: len(frames) - len(frames) % (2 * channels)])
-    return samples.reshape(-1, channels).mean(axis=1), rate
+        return decode_wav(clip.data)
+    except WavError as error:
+        raise InvalidArgument(f"{where}: {error}; or send raw PCM16 with sample_rate_hz") from error
 
 
 def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    """Linear interpolation: enough for an LLM's audio encoder, which reads log-mel features
-    of speech; it keeps the service free of a resampling library."""
+    """Mono float32 at `target_rate`, the rate the model's feature extractor was trained on
+    (soxr, as the ASR service resamples)."""
     if rate == target_rate or samples.size == 0:
         return samples.astype(np.float32, copy=False)
-    duration = samples.shape[0] / rate
-    target_times = np.arange(round(duration * target_rate)) / target_rate
-    source_times = np.arange(samples.shape[0]) / rate
-    return np.interp(target_times, source_times, samples).astype(np.float32)
+    return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)

@@ -1,5 +1,5 @@
 """Settings of the LLM server: env prefix LLMVOX_LLM_, the same names as the CLI flags
-(`--max-tokens` ↔ LLMVOX_LLM_MAX_TOKENS)."""
+(`--max_tokens` ↔ LLMVOX_LLM_MAX_TOKENS)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,14 @@ class LlmSettings(BaseSettings):
         None, description="hub id, model directory, or a .gguf file (its directory + file)"
     )
     gguf_file: str | None = Field(None, description="GGUF file inside --model (dequantised)")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(
+        False, description="run the model repository's own Python code (some multimodal models)"
+    )
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda:0…")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    chat_type: ChatType = "text"
+    chat_type: ChatType = Field(
+        "text", description="model adapter: text (voice = text), visual_speech, multimodal"
+    )
     eos_token: str | None = Field(
         None, description="extra end-of-turn token (<|eot_id|>, <|im_end|>, <|end|>…)"
     )

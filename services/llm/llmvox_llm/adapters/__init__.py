@@ -1,4 +1,4 @@
-"""Model adapters behind the one Generate RPC; `--chat-type` picks one."""
+"""Model adapters behind the one Generate RPC; `--chat_type` picks one."""
 
 from __future__ import annotations
 

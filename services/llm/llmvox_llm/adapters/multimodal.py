@@ -1,4 +1,4 @@
-"""Multimodal chat (`--chat-type multimodal`): LLaVA-style image + text models, and models whose
+"""Multimodal chat (`--chat_type multimodal`): LLaVA-style image + text models, and models whose
 processor also takes audio (Phi-4-multimodal style image + audio + text). What the loaded
 processor has decides which media a request may carry."""
 

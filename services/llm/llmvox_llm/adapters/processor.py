@@ -68,7 +68,7 @@ class ProcessorAdapter(ChatAdapter):
     def load(self) -> None:
         source = self.options.source
         if source.gguf_file:
-            raise ValueError("GGUF files load only with --chat-type text")
+            raise ValueError("GGUF files load only with --chat_type text")
         self.model = load_model(
             available_auto_classes(*self.model_classes), source, self.model_kwargs()
         ).eval()

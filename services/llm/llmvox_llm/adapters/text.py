@@ -1,4 +1,4 @@
-"""Text chat with any causal LM (`--chat-type text`, and the upstream `voice`)."""
+"""Text chat with any causal LM (`--chat_type text`, and the upstream `voice`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Vision-language chat (`--chat-type visual_speech`): Qwen2.5-VL / Qwen2-VL style models, one or
+"""Vision-language chat (`--chat_type visual_speech`): Qwen2.5-VL / Qwen2-VL style models, one or
 more images per turn, through the model's processor.
 
 transformers 5 cannot build a Qwen-VL processor without torchvision (its video processor needs

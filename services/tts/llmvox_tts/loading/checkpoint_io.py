@@ -15,7 +15,8 @@ def load_trusted(path: str | Path, *, map_location: str | torch.device = "cpu") 
     """torch.load, safe unpickler first; the full unpickler only for files that need it.
 
     Published Lightning checkpoints may carry non-tensor objects in their training sections that
-    the safe unpickler rejects (MODEL_SPEC 2.2); those files come from a trusted source.
+    the safe unpickler rejects (docs/checkpoints.md, WavTokenizer); those files come from a
+    trusted source.
     """
     path = Path(path)
     if not path.is_file():

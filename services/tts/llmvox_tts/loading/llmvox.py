@@ -1,6 +1,6 @@
 """Load LLMVoX decoder checkpoints in the published `ckpt_english_tiny.pt` layout.
 
-MODEL_SPEC 2.1: sizes come from `model_args`; keys may carry the torch.compile prefix.
+Sizes come from `model_args`; keys may carry the torch.compile prefix (docs/checkpoints.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Load a WavTokenizer checkpoint (MODEL_SPEC 2.2) and read its yaml config."""
+"""Load a WavTokenizer checkpoint (docs/checkpoints.md) and read its yaml config."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ByT5 byte tokenizer with the two tokens LLMVoX adds (MODEL_SPEC 2.3).
+"""ByT5 byte tokenizer with the two tokens LLMVoX adds (docs/checkpoints.md, text embedding).
 
 Ids: `<pad>`=0, `</s>`=1, `<unk>`=2, byte b → b+3, `<extra_id_N>`=259+N (N < 125),
 `[PAD]`=384, `EOS`=385. Every call appends `</s>`. Special-token strings are matched anywhere in

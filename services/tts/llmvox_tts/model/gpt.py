@@ -1,4 +1,4 @@
-"""The LLMVoX decoder: a nanoGPT-style transformer over continuous input vectors (MODEL_SPEC 3).
+"""The LLMVoX decoder: a nanoGPT-style transformer over continuous input vectors (docs/model.md).
 
 Attribute names mirror the checkpoint keys (`transformer.h.0.attn.c_attn.weight`, ...), so a
 published state dict loads with no rename table. There is no token embedding (`wte`): each input
@@ -222,7 +222,7 @@ class LLMVoXDecoder(nn.Module):
 
         `slots` names the cache row of each input (None: rows 0..N-1 of the cache). Each
         sequence's row goes to position = its cache length, as upstream's growing-input loop
-        does (MODEL_SPEC 3.4), at O(1) input cost per step.
+        does (docs/model.md, incremental decoding), at O(1) input cost per step.
         """
         step = cache.prepare(slots, x.shape[0])
         h = x + self.transformer.wpe(step.positions)

@@ -1,6 +1,6 @@
 """Decoder input rows: text embedding ⊕ previous speech codebook row, L2-normalised.
 
-MODEL_SPEC 4.
+docs/model.md, "The input of each step".
 """
 
 from __future__ import annotations

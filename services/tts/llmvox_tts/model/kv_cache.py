@@ -2,7 +2,7 @@
 
 Each batch row ("slot") is its own sequence with its own length, so sessions can join and leave
 between steps (continuous batching). A slot's next position is its length, which is the
-position upstream assigns as well (MODEL_SPEC 3.4). Memory grows on demand up to `block_size`
+position upstream assigns as well (docs/model.md). Memory grows on demand up to `block_size`
 positions, because preallocating 8192 positions for every slot would cost ~200 MB per slot at the
 published size.
 """

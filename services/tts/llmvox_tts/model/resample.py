@@ -1,4 +1,4 @@
-"""Resampling to the 24 kHz mono input of WavTokenizer (MODEL_SPEC 6.5).
+"""Resampling to the 24 kHz mono input of WavTokenizer (docs/wavtokenizer.md, resampling).
 
 A Hann-windowed sinc polyphase filter (lowpass width 6 zero crossings, roll-off 0.99), built in
 float64 and applied in float32. It reproduces the reference resampler of the training pipeline to
@@ -12,6 +12,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ..constants import SAMPLE_RATE
 
 LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99
@@ -61,7 +63,7 @@ def resample(wav: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
 def convert_audio(
     wav: torch.Tensor,
     sample_rate: int,
-    target_sample_rate: int = 24_000,
+    target_sample_rate: int = SAMPLE_RATE,
     target_channels: int = 1,
 ) -> torch.Tensor:
     """Mix/expand channels, then resample to `target_sample_rate`.

@@ -1,4 +1,4 @@
-"""Greedy speech-token decoding of many independent segments at once (MODEL_SPEC 3.4, 3.5, 4).
+"""Greedy speech-token decoding of many independent segments at once (docs/model.md).
 
 Each slot is one segment: it starts with an empty cache at position 0 and a zero speech frame,
 then each step feeds one text id and the codebook row of the slot's previous token. Slots step
@@ -17,7 +17,7 @@ def check_tables_fit(
     decoder: LLMVoXDecoder, text_table: torch.Tensor, codebook: torch.Tensor
 ) -> None:
     """The decoder reads text ⊕ codebook rows and predicts codebook rows: the sizes must agree
-    (MODEL_SPEC 10.2: the text width is inferred, so it is checked here)."""
+    (the text width is inferred, not published, so it is checked here: docs/checkpoints.md)."""
     width = text_table.shape[1] + codebook.shape[1]
     if width != decoder.config.n_embd:
         raise ValueError(

@@ -2,7 +2,7 @@
 
 Upstream loads a whole T5 model, adds "[PAD]" and then "EOS" to the tokenizer, grows the input
 embedding by one row at each addition and overwrites every new row with the mean of the rows
-before it (MODEL_SPEC 2.3). Only that table is ever used, so we keep only the table.
+before it (docs/checkpoints.md). Only that table is ever used, so we keep only the table.
 """
 
 from __future__ import annotations

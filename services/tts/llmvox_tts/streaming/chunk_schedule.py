@@ -1,4 +1,4 @@
-"""The dump-size rule of the upstream replica (MODEL_SPEC 8.2): how many speech tokens go into
+"""The dump-size rule of the upstream replica (docs/streaming.md): how many speech tokens go into
 each decoded audio chunk.
 
 Small first chunks give low latency; growing sizes (×3 up to a cap) give the vocoder more context
@@ -26,7 +26,6 @@ class ChunkSchedule:
                 f"sizes and growth must be positive: initial={initial}, max_size={max_size}, "
                 f"growth={growth}"
             )
-        self.initial = initial
         self.max_size = max_size
         self.growth = growth
         self._size = initial

@@ -1,7 +1,7 @@
 """Control state of one sentence being spoken: which text id each decoder step reads, when an
 audio chunk is ready, and when to stop (pure logic, no model).
 
-It follows the upstream replica loop (MODEL_SPEC 8.2) for one sentence: each text piece is
+It follows the upstream replica loop (docs/streaming.md) for one sentence: each text piece is
 tokenised on its own (`</s>` after it), `EOS` follows the last piece, then `[PAD]` is fed until
 the model emits end-of-audio. Chunks follow the upstream dump schedule. Two things differ on
 purpose, because a serving pool must bound every job:
@@ -20,7 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..constants import DEFAULT_MAX_AUDIO_LENGTH, EOA_TOKEN_ID, TEXT_EOS_ID, TEXT_PAD_ID
+from ..constants import (
+    DEFAULT_MAX_AUDIO_LENGTH,
+    EOA_TOKEN_ID,
+    TEXT_EOS_ID,
+    TEXT_PAD_ID,
+    TOKENS_PER_SECOND,
+)
 from .chunk_schedule import ChunkSchedule
 
 
@@ -35,7 +41,7 @@ class StopReason(StrEnum):
 class SynthesisLimits:
     max_audio_length: int = DEFAULT_MAX_AUDIO_LENGTH
     max_tokens_per_text_id: float = 12.0
-    min_token_budget: int = 75  # one second, so very short texts are not cut early
+    min_token_budget: int = TOKENS_PER_SECOND  # one second: very short texts are not cut early
     max_segment_steps: int | None = None  # the decoder's block_size
 
     def token_budget(self, text_ids: int) -> int:

@@ -1,8 +1,10 @@
 """Streaming synthesis for one caller: LLM text pieces in, audio chunks out, sentence by sentence.
 
-It glues the pure parts (text cleaning, sentence control, chunk schedule) to the models (batched
-speech-token decoder, WavTokenizer). One sentence is one decoder segment, started fresh, as
-upstream does. The replica pool (worker/) runs the same parts for many sentences at once.
+It glues the pure parts (the platform's sentence splitter, sentence control, chunk schedule) to
+the models (batched speech-token decoder, WavTokenizer). Text is cut into sentences by
+`llmvox_common.sentences.SentenceSplitter`, the gateway's splitter, so `llmvox-tts synth` speaks
+the sentences the service would. One sentence is one decoder segment, started fresh, as upstream
+does. The replica pool (worker/) runs the same parts for many sentences at once.
 """
 
 from __future__ import annotations
@@ -13,18 +15,17 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from llmvox_common.sentences import SentenceSplitter
+
 from ..constants import (
-    DEFAULT_EOS_TOKEN,
     DEFAULT_INITIAL_DUMP_SIZE_1,
     DEFAULT_MAX_DUMP_SIZE,
-    HOP_LENGTH,
     SAMPLE_RATE,
 )
 from ..loading.bundle import ModelBundle
 from ..model.speech_decoder import SpeechTokenDecoder
 from .chunk_schedule import ChunkSchedule
 from .sentence_stream import SentenceStream, StopReason, SynthesisLimits
-from .text_cleaning import clean_llm_piece
 
 
 @dataclass(frozen=True)
@@ -72,28 +73,20 @@ class SynthesisStats:
         return self.elapsed / audio if audio > 0 else float("inf")
 
 
-def split_sentences(pieces: Iterable[str], eos_token: str = DEFAULT_EOS_TOKEN) -> Iterator[str]:
-    """Upstream sentence boundaries: a cleaned piece ending with `.`, or the eos string.
-
-    Yields each sentence's text (cleaned pieces joined with spaces, eos string removed).
-    """
+def split_sentences(pieces: Iterable[str], splitter: SentenceSplitter) -> Iterator[list[str]]:
+    """The words of each sentence `splitter` finds in the text `pieces` (streamed or whole)."""
     words: list[str] = []
-    for raw in pieces:
-        if raw in ("", "-"):
-            continue
-        piece = raw.strip()
-        ends_generation = eos_token in piece
-        piece = piece.replace(eos_token, "")
-        cleaned = clean_llm_piece(piece).strip()
-        if cleaned:
-            words.append(cleaned)
-        if (cleaned.endswith(".") or ends_generation) and words:
-            yield " ".join(words)
+    for piece in pieces:
+        for batch in splitter.push(piece):
+            words.extend(batch.words)
+            if batch.ends_sentence:
+                yield words
+                words = []
+    for batch in splitter.finish():
+        words.extend(batch.words)
+        if batch.ends_sentence:
+            yield words
             words = []
-        if ends_generation:
-            return
-    if words:
-        yield " ".join(words)
 
 
 class StreamingSynthesizer:
@@ -104,7 +97,6 @@ class StreamingSynthesizer:
         initial_dump_size: int = DEFAULT_INITIAL_DUMP_SIZE_1,
         max_dump_size: int = DEFAULT_MAX_DUMP_SIZE,
         limits: SynthesisLimits | None = None,
-        eos_token: str = DEFAULT_EOS_TOKEN,
     ) -> None:
         self.models = models
         self.initial_dump_size = initial_dump_size
@@ -112,7 +104,6 @@ class StreamingSynthesizer:
         self.limits = replace(
             limits or SynthesisLimits(), max_segment_steps=models.decoder.config.block_size
         )
-        self.eos_token = eos_token
         self.decoder = SpeechTokenDecoder(
             models.decoder, models.text_table, models.wavtokenizer.codebook, num_slots=1
         )
@@ -123,13 +114,17 @@ class StreamingSynthesizer:
         codes = torch.tensor([tokens], dtype=torch.long, device=self.models.device)
         return self.models.wavtokenizer.decode(codes)[0].float().cpu()
 
-    def speak(self, pieces: Iterable[str]) -> Iterator[AudioChunk]:
-        """Speak an LLM stream: sentences in order, one chunk schedule for the whole request
-        (upstream keeps a replica's dump size growing across sentences)."""
+    def speak(
+        self, pieces: Iterable[str], splitter: SentenceSplitter | None = None
+    ) -> Iterator[AudioChunk]:
+        """Speak text (whole, or streamed as an LLM's pieces): sentences in order, one chunk
+        schedule for the whole request (upstream keeps a replica's dump size growing across
+        sentences). `splitter` defaults to the gateway's default splitting."""
         self.stats = SynthesisStats()
         schedule = ChunkSchedule(self.initial_dump_size, self.max_dump_size)
-        for index, sentence in enumerate(split_sentences(pieces, self.eos_token)):
-            yield from self.speak_sentence(sentence.split(" "), sentence=index, schedule=schedule)
+        sentences = split_sentences(pieces, splitter or SentenceSplitter())
+        for index, words in enumerate(sentences):
+            yield from self.speak_sentence(words, sentence=index, schedule=schedule)
         self.stats.finished = time.perf_counter()
 
     def speak_sentence(
@@ -174,7 +169,3 @@ class StreamingSynthesizer:
         report.tokens = stream.tokens_generated
         report.stop_reason = stream.stop_reason
         report.segments = stream.segments
-
-
-def chunk_seconds(chunk: AudioChunk) -> float:
-    return len(chunk.tokens) * HOP_LENGTH / SAMPLE_RATE

@@ -1,4 +1,5 @@
-"""Training alignment of text and speech (MODEL_SPEC 5), as the upstream data pipeline builds it.
+"""Training alignment of text and speech, as the upstream data pipeline builds it
+(docs/training-data.md, "How a training batch is built").
 
 Text runs one id per decoder step ahead of the speech; nothing else aligns them. The model learns
 to lag behind the text.

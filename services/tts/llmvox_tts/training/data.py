@@ -61,7 +61,8 @@ class Batch:
 
 
 class PreparedData:
-    """All items of a prepared directory in memory, plus the frozen tables (MODEL_SPEC 5)."""
+    """All items of a prepared directory in memory, plus the frozen tables
+    (docs/training-data.md)."""
 
     def __init__(self, data_dir: str | Path, *, val_fraction: float, block_size: int) -> None:
         self.data_dir = Path(data_dir)

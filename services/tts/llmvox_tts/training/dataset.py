@@ -1,4 +1,4 @@
-"""The upstream training dataset list (UPSTREAM_README "Dataset Preparation", MODEL_SPEC 5).
+"""The upstream training dataset list (docs/training-data.md, "Dataset format").
 
 Two container formats hold the same rows:
 - a JSON list (upstream): `[{"speech_folder", "speech_file", "answer_text", "id"}, ...]`;
@@ -13,7 +13,6 @@ must not cost a multi-hour preparation run.
 from __future__ import annotations
 
 import json
-import wave
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import SAMPLE_RATE
 from ..model.resample import convert_audio
-
-TARGET_SAMPLE_RATE = 24_000
 
 
 @dataclass(frozen=True)
@@ -161,47 +159,24 @@ def load_dataset(
 def read_audio(path: Path) -> tuple[torch.Tensor, int]:
     """(C, T) float32 in [-1, 1] and the sample rate.
 
-    PCM WAV goes through the stdlib; other formats (and WAV flavours `wave` rejects, such as
-    float WAV) through `soundfile` when it is installed.
+    Training sets come in any format libsndfile reads (WAV of every width, FLAC, Ogg), and keep
+    their channels until `load_audio_24k` mixes them; serving paths read WAV through
+    `llmvox_common.audio` instead, which accepts only what a client may send.
     """
-    try:
-        return _read_wav_stdlib(path)
-    except (wave.Error, EOFError, AudioError) as err:
-        stdlib_error: Exception = err
-    try:
-        import soundfile  # optional: only for non-PCM16 inputs
-    except ImportError:
-        raise AudioError(
-            f"unreadable audio ({stdlib_error}); install soundfile for formats other than PCM WAV"
-        ) from None
+    import soundfile  # ships with llmvox-common; imported here to keep model-side imports light
+
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises its own error types
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(f"unreadable audio: {err}") from None
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(rate)
 
 
-def _read_wav_stdlib(path: Path) -> tuple[torch.Tensor, int]:
-    with wave.open(str(path), "rb") as wav:
-        width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
-        frames = wav.readframes(wav.getnframes())
-    if width == 2:
-        samples = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
-    elif width == 1:  # 8-bit WAV is unsigned
-        samples = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 4:
-        samples = np.frombuffer(frames, dtype="<i4").astype(np.float32) / 2147483648.0
-    else:
-        raise AudioError(f"unsupported WAV sample width {8 * width} bits")
-    usable = len(samples) // channels * channels  # a truncated file may end mid-frame
-    return torch.from_numpy(samples[:usable].reshape(-1, channels).T.copy()), rate
-
-
 def load_audio_24k(path: Path) -> torch.Tensor:
-    """(T,) mono float32 at 24 kHz: channels averaged, then resampled (MODEL_SPEC 6.5)."""
+    """(T,) mono float32 at 24 kHz: channels averaged, then resampled (docs/wavtokenizer.md)."""
     wav, rate = read_audio(path)
     if wav.shape[-1] == 0:
         raise AudioError("empty audio (no samples)")
     if rate <= 0:
         raise AudioError(f"invalid sample rate {rate}")
-    return convert_audio(wav, rate, TARGET_SAMPLE_RATE, 1)[0]
+    return convert_audio(wav, rate, SAMPLE_RATE, 1)[0]

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..constants import SAMPLE_RATE
 from ..model.byt5_tokenizer import ByT5Tokenizer
 from ..model.wavtokenizer import WavTokenizer
 from .dataset import AudioError, DatasetRow, RowProblem, load_audio_24k, load_dataset
@@ -145,7 +146,7 @@ def prepare_shard(
         with torch.inference_mode():
             codes = encoder.encode_24k(wav.to(device)[None])[1][0].cpu()  # (1, F) -> (F,)
         items.append(
-            PreparedItem(id=row.id, text=row.text, codes=codes, seconds=wav.shape[-1] / 24_000.0)
+            PreparedItem(id=row.id, text=row.text, codes=codes, seconds=wav.shape[-1] / SAMPLE_RATE)
         )
         text_ids += len(tokenizer.encode_words(row.text))
     name = shard_name(index)
@@ -213,7 +214,7 @@ def prepare(
         "codebook_size": int(codebook.shape[0]),
         "codebook_dim": int(codebook.shape[1]),
         "text_dim": int(text_table.shape[1]),
-        "sample_rate": 24_000,
+        "sample_rate": SAMPLE_RATE,
         "data_path": str(data_path.resolve()),
         "rows": n_records,
         "fingerprint": fingerprint,

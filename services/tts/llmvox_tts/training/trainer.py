@@ -1,4 +1,4 @@
-"""The LLMVoX trainer: nanoGPT's `train.py` loop over prepared data (MODEL_SPEC 2.1, 3, 5).
+"""The LLMVoX trainer: nanoGPT's `train.py` loop over prepared data (docs/training.md).
 
 Only the GPT is trained; the text table and the codebook are frozen lookups (tables.pt).
 Checkpoints keep the published layout (`model`, `model_args`, `optimizer`, `iter_num`,
@@ -40,7 +40,7 @@ LOSS_PNG = "loss.png"
 
 @dataclass
 class TrainConfig:
-    """The original train.py flags and defaults (UPSTREAM_README, MODEL_SPEC 5)."""
+    """The original train.py flags and defaults (docs/training.md, "Train")."""
 
     data_dir: str = ""
     out_dir: str = "out"
@@ -335,180 +335,262 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, info: DistInfo, device_name: str) -> TrainResult:
-    device = torch.device(device_name)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    accum_local = cfg.gradient_accumulation_steps // info.world_size
-    if accum_local * info.world_size != cfg.gradient_accumulation_steps:
-        raise ValueError(
-            f"--gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple "
-            f"of the number of processes ({info.world_size})"
-        )
-    out_dir = Path(cfg.out_dir)
-    if info.master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    # Same seed on every rank for the data order; dropout differs per rank as in nanoGPT.
-    torch.manual_seed(cfg.seed + info.rank)
-    dtype = resolve_dtype(cfg, device.type)
-
-    checkpoint = _load_init_checkpoint(cfg)
-    # A checkpoint's block_size wins over the flag: its position table has that many rows.
-    block_size = (
-        int(checkpoint["model_args"]["block_size"]) if checkpoint is not None else cfg.block_size
-    )
-    data = PreparedData(cfg.data_dir, val_fraction=cfg.val_fraction, block_size=block_size)
-    model_cfg, model, iter_num, best_val_loss = _build_model(cfg, data, checkpoint)
-    model.to(device)
-    optimizer = configure_optimizer(model, cfg, device.type)
-    if checkpoint is not None and cfg.init_from == "resume":
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    checkpoint = None  # free the memory before training
-
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    autocast: contextlib.AbstractContextManager[Any] = (
-        torch.autocast(device_type=device.type, dtype=dtype)
-        if dtype != torch.float32
-        else contextlib.nullcontext()
-    )
-    raw: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
-    net: nn.Module = raw
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            raw, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    train_sampler = BucketedSampler(data.train.lengths, cfg.batch_size, cfg.seed)
-    val_sampler = (
-        BucketedSampler(data.val.lengths, cfg.batch_size, cfg.seed + 1) if data.val.items else None
-    )
-
-    def load(
-        split_items: list[Any], sampler: BucketedSampler, index: int
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        batch = data.batch([split_items[i] for i in sampler.micro_batch(index)])
-        return batch.x.to(device), batch.targets.to(device), batch.speech_tokens
-
-    @torch.no_grad()
-    def estimate(split_items: list[Any], sampler: BucketedSampler) -> float:
-        # Fixed micro-batches (from number 0) every time: evaluations compare like with like.
-        raw.eval()
-        losses = []
-        for k in range(max(1, cfg.eval_iters // info.world_size)):
-            x, y, _ = load(split_items, sampler, k * info.world_size + info.rank)
-            with autocast:
-                _, loss = raw(x, y)
-            losses.append(float(loss))
-        raw.train()
-        return _all_mean(sum(losses) / len(losses), info, device)
-
-    if info.master:
-        log.info(
-            "data: %d train / %d val items; model %s, %.2f M parameters; global batch %d "
-            "(%d per micro-step × %d micro-steps × %d processes); device %s, %s",
-            len(data.train.items),
-            len(data.val.items),
-            model_cfg.to_model_args(),
-            model.num_parameters() / 1e6,
-            cfg.batch_size * cfg.gradient_accumulation_steps,
-            cfg.batch_size,
-            accum_local,
-            info.world_size,
-            device,
-            dtype,
-        )
-    wandb_run = _start_wandb(cfg) if cfg.wandb_log and info.master else None
-    loss_log = LossLog(out_dir, iter_num) if info.master else None
+    """nanoGPT's loop: at each eval_interval (and at the end) evaluate and checkpoint, then take
+    one optimisation step; the steps themselves are `_Run`'s methods."""
+    run = _Run(cfg, info, device_name)
+    iter_num, best_val_loss = run.start_iter, run.start_best_val_loss
     result = TrainResult(iter_num=iter_num, best_val_loss=best_val_loss)
-    progress = _progress(cfg, iter_num, info.master)
     tokens_done, train_seconds = 0, 0.0
-    ckpt_path = out_dir / cfg.checkpoint_filename
 
     while True:
-        lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = run.set_learning_rate(iter_num)
         last = iter_num >= cfg.max_iters
-        eval_train: float | None = None
-        eval_val: float | None = None
+        evaluation: _Evaluation | None = None
         if iter_num % cfg.eval_interval == 0 or last:
-            eval_train = estimate(data.train.items, train_sampler)
-            eval_val = estimate(data.val.items, val_sampler) if val_sampler else None
-            score = eval_val if eval_val is not None else eval_train
-            if eval_val is not None:
-                result.val_losses[iter_num] = eval_val
-            if info.master:
-                log.info(
-                    "step %d: train loss %.4f, val loss %s", iter_num, eval_train, _fmt(eval_val)
-                )
-                if wandb_run is not None:
-                    wandb_run.log(
-                        {"iter": iter_num, "train/loss": eval_train, "val/loss": eval_val, "lr": lr}
-                    )
-            improved = score < best_val_loss
-            best_val_loss = min(best_val_loss, score)
+            evaluation = run.evaluate()
+            if evaluation.val is not None:
+                result.val_losses[iter_num] = evaluation.val
+            run.log_evaluation(iter_num, evaluation, lr)
+            improved = evaluation.score < best_val_loss
+            best_val_loss = min(best_val_loss, evaluation.score)
             if info.master and iter_num > 0 and (improved or cfg.always_save_checkpoint):
-                state = build_checkpoint(raw, optimizer, model_cfg, iter_num, best_val_loss, cfg)
-                save_checkpoint(ckpt_path, state)
-                if cfg.always_save_checkpoint:
-                    save_checkpoint(out_dir / f"ckpt_{iter_num}.pt", state)
-                result.checkpoint = ckpt_path
+                result.checkpoint = run.save(iter_num, best_val_loss)
         if last or (iter_num == 0 and cfg.eval_only):
-            if loss_log is not None:
-                if eval_train is not None:
-                    loss_log.add(iter_num, eval_train, eval_val)
-                loss_log.plot()
+            run.log_final(iter_num, evaluation)
             break
 
         started = time.perf_counter()
-        step_loss = 0.0
-        step_tokens = 0
-        micro = rank_micro_batches(
-            iter_num, cfg.gradient_accumulation_steps, info.rank, info.world_size
-        )
-        for k, index in enumerate(micro):
-            x, y, tokens = load(data.train.items, train_sampler, index)
-            step_tokens += tokens
-            # Gradients are all-reduced only on the last micro-step (DDP no_sync before).
-            sync = k == len(micro) - 1
-            with _no_sync(net, not sync), autocast:
-                _, loss = net(x, y)
-                loss = loss / accum_local
-            scaler.scale(loss).backward()
-            step_loss += float(loss.detach())
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        local_loss, local_tokens = run.optimisation_step(iter_num)
+        # Timed before the all-reduces below: tokens/s measures the step, not the bookkeeping.
         train_seconds += time.perf_counter() - started
-        step_loss = _all_mean(step_loss, info, device)
-        tokens_done += int(_all_mean(float(step_tokens), info, device) * info.world_size)
+        step_loss = _all_mean(local_loss, info, run.device)
+        tokens_done += int(_all_mean(float(local_tokens), info, run.device) * info.world_size)
         result.step_losses[iter_num] = step_loss
-        if info.master and loss_log is not None:
-            if eval_train is not None:
-                loss_log.add(iter_num, eval_train, eval_val)
-            elif iter_num % cfg.log_interval == 0:
-                loss_log.add(iter_num, step_loss, None)
-            if wandb_run is not None and iter_num % cfg.log_interval == 0:
-                wandb_run.log({"iter": iter_num, "train/step_loss": step_loss, "lr": lr})
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+        run.log_step(iter_num, step_loss, lr, evaluation)
         iter_num += 1
 
-    if progress is not None:
-        progress.close()
-    if wandb_run is not None:
-        wandb_run.finish()
+    run.close()
     result.iter_num = iter_num
     result.best_val_loss = best_val_loss
     result.tokens_per_second = tokens_done / train_seconds if train_seconds > 0 else 0.0
     return result
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    train: float
+    val: float | None  # None without a validation split
+
+    @property
+    def score(self) -> float:
+        """What "best" compares: the validation loss, the training loss without a split."""
+        return self.val if self.val is not None else self.train
+
+
+class _Run:
+    """One run's model, optimiser, data and outputs, with its steps as methods. Set up in the
+    original loop's order: the random draws, and so the results, depend on it."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, device_name: str) -> None:
+        self.cfg, self.info = cfg, info
+        self.device = device = torch.device(device_name)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.accum_local = cfg.gradient_accumulation_steps // info.world_size
+        if self.accum_local * info.world_size != cfg.gradient_accumulation_steps:
+            raise ValueError(
+                f"--gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
+                f"multiple of the number of processes ({info.world_size})"
+            )
+        self.out_dir = Path(cfg.out_dir)
+        if info.master:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = self.out_dir / cfg.checkpoint_filename
+        # Same seed on every rank for the data order; dropout differs per rank as in nanoGPT.
+        torch.manual_seed(cfg.seed + info.rank)
+        dtype = resolve_dtype(cfg, device.type)
+
+        checkpoint = _load_init_checkpoint(cfg)
+        # A checkpoint's block_size wins over the flag: its position table has that many rows.
+        block_size = (
+            int(checkpoint["model_args"]["block_size"])
+            if checkpoint is not None
+            else cfg.block_size
+        )
+        self.data = PreparedData(cfg.data_dir, val_fraction=cfg.val_fraction, block_size=block_size)
+        self.model_cfg, model, self.start_iter, self.start_best_val_loss = _build_model(
+            cfg, self.data, checkpoint
+        )
+        model.to(device)
+        self.optimizer = configure_optimizer(model, cfg, device.type)
+        if checkpoint is not None and cfg.init_from == "resume":
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        del checkpoint  # free the memory before training
+
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.autocast: contextlib.AbstractContextManager[Any] = (
+            torch.autocast(device_type=device.type, dtype=dtype)
+            if dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        # `raw` evaluates and is saved (compiled keys and all); `net` (DDP around it) trains.
+        self.raw: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
+        self.net: nn.Module = self.raw
+        if info.enabled:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.raw, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.train_sampler = BucketedSampler(self.data.train.lengths, cfg.batch_size, cfg.seed)
+        self.val_sampler = (
+            BucketedSampler(self.data.val.lengths, cfg.batch_size, cfg.seed + 1)
+            if self.data.val.items
+            else None
+        )
+
+        if info.master:
+            log.info(
+                "data: %d train / %d val items; model %s, %.2f M parameters; global batch %d "
+                "(%d per micro-step × %d micro-steps × %d processes); device %s, %s",
+                len(self.data.train.items),
+                len(self.data.val.items),
+                self.model_cfg.to_model_args(),
+                model.num_parameters() / 1e6,
+                cfg.batch_size * cfg.gradient_accumulation_steps,
+                cfg.batch_size,
+                self.accum_local,
+                info.world_size,
+                device,
+                dtype,
+            )
+        self.wandb_run = _start_wandb(cfg) if cfg.wandb_log and info.master else None
+        self.loss_log = LossLog(self.out_dir, self.start_iter) if info.master else None
+        self.progress = _progress(cfg, self.start_iter, info.master)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def set_learning_rate(self, iter_num: int) -> float:
+        lr = get_lr(iter_num, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _batch(
+        self, split_items: list[Any], sampler: BucketedSampler, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        batch = self.data.batch([split_items[i] for i in sampler.micro_batch(index)])
+        return batch.x.to(self.device), batch.targets.to(self.device), batch.speech_tokens
+
+    @torch.no_grad()
+    def _estimate(self, split_items: list[Any], sampler: BucketedSampler) -> float:
+        # Fixed micro-batches (from number 0) every time: evaluations compare like with like.
+        self.raw.eval()
+        losses = []
+        for k in range(max(1, self.cfg.eval_iters // self.info.world_size)):
+            x, y, _ = self._batch(split_items, sampler, k * self.info.world_size + self.info.rank)
+            with self.autocast:
+                _, loss = self.raw(x, y)
+            losses.append(float(loss))
+        self.raw.train()
+        return _all_mean(sum(losses) / len(losses), self.info, self.device)
+
+    def evaluate(self) -> _Evaluation:
+        """Mean loss over the first eval_iters micro-batches of each split, on every rank."""
+        train_loss = self._estimate(self.data.train.items, self.train_sampler)
+        val_loss = (
+            self._estimate(self.data.val.items, self.val_sampler) if self.val_sampler else None
+        )
+        return _Evaluation(train_loss, val_loss)
+
+    def optimisation_step(self, iter_num: int) -> tuple[float, int]:
+        """One optimiser step over this rank's micro-batches of step `iter_num`: this rank's
+        loss (averaged over its micro-steps) and speech tokens."""
+        step_loss = 0.0
+        step_tokens = 0
+        micro = rank_micro_batches(
+            iter_num, self.cfg.gradient_accumulation_steps, self.info.rank, self.info.world_size
+        )
+        for k, index in enumerate(micro):
+            x, y, tokens = self._batch(self.data.train.items, self.train_sampler, index)
+            step_tokens += tokens
+            # Gradients are all-reduced only on the last micro-step (DDP no_sync before).
+            sync = k == len(micro) - 1
+            with _no_sync(self.net, not sync), self.autocast:
+                _, loss = self.net(x, y)
+                loss = loss / self.accum_local
+            self.scaler.scale(loss).backward()
+            step_loss += float(loss.detach())
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return step_loss, step_tokens
+
+    def save(self, iter_num: int, best_val_loss: float) -> Path:
+        """OUT/<checkpoint_filename> in the published layout (and OUT/ckpt_<iter>.pt with
+        always_save_checkpoint); rank 0 only."""
+        state = build_checkpoint(
+            self.raw, self.optimizer, self.model_cfg, iter_num, best_val_loss, self.cfg
+        )
+        save_checkpoint(self.ckpt_path, state)
+        if self.cfg.always_save_checkpoint:
+            save_checkpoint(self.out_dir / f"ckpt_{iter_num}.pt", state)
+        return self.ckpt_path
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def log_evaluation(self, iter_num: int, evaluation: _Evaluation, lr: float) -> None:
+        if not self.info.master:
+            return
+        log.info(
+            "step %d: train loss %.4f, val loss %s",
+            iter_num,
+            evaluation.train,
+            _fmt(evaluation.val),
+        )
+        if self.wandb_run is not None:
+            self.wandb_run.log(
+                {
+                    "iter": iter_num,
+                    "train/loss": evaluation.train,
+                    "val/loss": evaluation.val,
+                    "lr": lr,
+                }
+            )
+
+    def log_step(
+        self, iter_num: int, step_loss: float, lr: float, evaluation: _Evaluation | None
+    ) -> None:
+        """loss.csv gets the evaluation's row at eval steps, else the step loss every
+        log_interval steps."""
+        if self.loss_log is not None:
+            if evaluation is not None:
+                self.loss_log.add(iter_num, evaluation.train, evaluation.val)
+            elif iter_num % self.cfg.log_interval == 0:
+                self.loss_log.add(iter_num, step_loss, None)
+            if self.wandb_run is not None and iter_num % self.cfg.log_interval == 0:
+                self.wandb_run.log({"iter": iter_num, "train/step_loss": step_loss, "lr": lr})
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+
+    def log_final(self, iter_num: int, evaluation: _Evaluation | None) -> None:
+        if self.loss_log is None:
+            return
+        if evaluation is not None:
+            self.loss_log.add(iter_num, evaluation.train, evaluation.val)
+        self.loss_log.plot()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
 
 
 def _load_init_checkpoint(cfg: TrainConfig) -> dict[str, Any] | None:

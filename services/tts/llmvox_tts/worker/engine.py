@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 
@@ -33,6 +34,14 @@ from ..streaming.sentence_stream import SentenceStream, StopReason, SynthesisLim
 
 class EngineFullError(RuntimeError):
     """All decoder slots are taken."""
+
+
+class StepDecoder(Protocol):
+    """What the engine needs of the speech-token decoder (model/speech_decoder.py)."""
+
+    def start_segment(self, slot: int) -> None: ...
+
+    def step(self, slots: list[int], text_ids: list[int]) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,10 @@ class ReplicaEngine:
         holdback_tokens: int = 0,
         limits: SynthesisLimits | None = None,
         on_step: Callable[[int, float], None] | None = None,
+        decoder: StepDecoder | None = None,
     ) -> None:
+        """`decoder` replaces the bundle's speech-token decoder: the golden tests replay recorded
+        upstream runs through it, so that the serving engine itself is what they check."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if context_tokens < 0 or holdback_tokens < 0:
@@ -103,7 +115,7 @@ class ReplicaEngine:
         self.limits = replace(
             limits or SynthesisLimits(), max_segment_steps=models.decoder.config.block_size
         )
-        self.decoder = SpeechTokenDecoder(
+        self.decoder: StepDecoder = decoder or SpeechTokenDecoder(
             models.decoder, models.text_table, models.wavtokenizer.codebook, num_slots=max_batch
         )
         self.jobs: dict[str, _Job] = {}
@@ -112,10 +124,6 @@ class ReplicaEngine:
         self._on_step = on_step
 
     # -- job control ---------------------------------------------------------------------------
-    @property
-    def free_slots(self) -> int:
-        return len(self._free)
-
     def add(self, key: str, *, first_chunk: int, max_chunk: int) -> None:
         if key in self.jobs:
             raise ValueError(f"job {key} is already running")
@@ -127,8 +135,9 @@ class ReplicaEngine:
         self.jobs[key] = _Job(key, self._free.pop(), stream)
 
     def push_text(self, key: str, piece: str) -> None:
-        if piece.strip():
-            self.jobs[key].stream.push_text(piece)
+        # Tokenised as given, even when blank (a lone `</s>`), as upstream does with a piece that
+        # cleaned to whitespace; the worker itself only pushes whole words.
+        self.jobs[key].stream.push_text(piece)
 
     def close_text(self, key: str) -> None:
         self.jobs[key].stream.close_text()
@@ -138,13 +147,6 @@ class ReplicaEngine:
         job = self.jobs.pop(key, None)
         if job is not None:
             self._free.append(job.slot)
-
-    def is_starved(self, key: str) -> bool:
-        return self.jobs[key].stream.needs_text
-
-    @property
-    def runnable(self) -> int:
-        return sum(1 for j in self.jobs.values() if not j.stream.done and not j.stream.needs_text)
 
     @property
     def has_work(self) -> bool:

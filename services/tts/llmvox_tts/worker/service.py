@@ -3,7 +3,7 @@
 Loops (one asyncio task each): take new jobs from the consumer group; claim jobs that a dead
 replica left pending; keep this replica's own pending jobs fresh so nobody claims them while it
 lives; read streamed text; poll cancellations and deadlines; write parts; report metrics.
-A job is acknowledged only after its last part (or its error part) is written.
+A job is acknowledged in one transaction with its last part (or its error part), never before.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from llmvox_common.tts_client import ensure_group
-from llmvox_common.tts_streams import (
+from llmvox_common.constants import (
     CONSUMER_GROUP,
     DEAD_LETTER_STREAM,
     JOBS_STREAM,
+    SAMPLE_RATE,
     WORKERS_KEY_PREFIX,
+)
+from llmvox_common.tts_client import ensure_group
+from llmvox_common.tts_streams import (
     AudioPart,
     Heartbeat,
     JobFormatError,
@@ -240,8 +243,9 @@ class Replica:
                 )
         except JobFormatError as error:
             if error.reply_to and error.seq is not None:
-                await self._write_error(error.reply_to, error.seq, 0, "bad_job", error.reason)
-                await self.redis.xack(JOBS_STREAM, CONSUMER_GROUP, entry_id)
+                await self._answer_with_error(
+                    entry_id, error.reply_to, error.seq, 0, "bad_job", error.reason
+                )
             else:  # nowhere to answer: keep the job and the reason for an operator
                 await self._dead_letter(entry_id, fields, error.reason, "bad_job")
             return
@@ -362,45 +366,65 @@ class Replica:
             tokens=len(part.tokens),
             worker=self.name,
         )
-        pipe = self.redis.pipeline(transaction=False)
+        # Counted first and written with its acknowledgement in one transaction: whoever sees
+        # a job's last part finds it acknowledged and counted.
+        if active.parts_written == 0:
+            metrics.TIME_TO_FIRST_PART.observe(max(0, now_ms() - active.enqueued_ms) / 1000)
+        metrics.PARTS.inc()
+        metrics.TOKENS.inc(len(part.tokens))
+        if part.last:
+            metrics.JOBS_DONE.labels(str(part.stop_reason or "done")).inc()
+        pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(active.job.reply_to, audio.to_fields())
         pipe.expire(active.job.reply_to, self.settings.audio_ttl_s)
         if part.last:
             pipe.xack(JOBS_STREAM, CONSUMER_GROUP, active.entry_id)
         await pipe.execute()
-        if active.parts_written == 0:
-            metrics.TIME_TO_FIRST_PART.observe(max(0, now_ms() - active.enqueued_ms) / 1000)
         active.parts_written += 1
-        metrics.PARTS.inc()
-        metrics.TOKENS.inc(len(part.tokens))
         if part.last:
             self._forget(active.entry_id)
-            metrics.JOBS_DONE.labels(str(part.stop_reason or "done")).inc()
 
-    async def _write_error(
-        self, reply_to: str, seq: int, part: int, kind: str, message: str
+    async def _answer_with_error(
+        self,
+        entry_id: str,
+        reply_to: str | None,
+        seq: int | None,
+        part: int,
+        kind: str,
+        message: str,
     ) -> None:
-        error = AudioPart(
-            seq=seq,
-            part=part,
-            last=True,
-            pcm=b"",
-            tokens=0,
-            worker=self.name,
-            error=message,
-            error_kind=kind,
-        )
-        await self.redis.xadd(reply_to, error.to_fields())
-        await self.redis.expire(reply_to, self.settings.audio_ttl_s)
+        """Acknowledge a job that ends in error, with an error part when it can be placed
+        (`reply_to` and `seq` known). Counted first and written in one transaction: whoever sees
+        the error part finds the job acknowledged and counted."""
         metrics.ERRORS.labels(kind).inc()
+        pipe = self.redis.pipeline(transaction=True)
+        if reply_to and seq is not None:
+            error = AudioPart(
+                seq=seq,
+                part=part,
+                last=True,
+                pcm=b"",
+                tokens=0,
+                worker=self.name,
+                error=message,
+                error_kind=kind,
+            )
+            pipe.xadd(reply_to, error.to_fields())
+            pipe.expire(reply_to, self.settings.audio_ttl_s)
+        pipe.xack(JOBS_STREAM, CONSUMER_GROUP, entry_id)
+        await pipe.execute()
 
     async def _finish_with_error(self, active: ActiveJob, kind: str, message: str) -> None:
         self._forget(active.entry_id)
-        await self._write_error(
-            active.job.reply_to, active.job.seq, active.parts_written, kind, message
-        )
-        await self.redis.xack(JOBS_STREAM, CONSUMER_GROUP, active.entry_id)
         metrics.JOBS_DONE.labels(kind).inc()
+        await self._answer_with_error(
+            active.entry_id,
+            active.job.reply_to,
+            active.job.seq,
+            active.parts_written,
+            kind,
+            message,
+        )
 
     async def _dead_letter(self, entry_id: str, fields: dict, reason: str, kind: str) -> None:
         record = {_s(k): v for k, v in fields.items()}
@@ -410,11 +434,14 @@ class Replica:
         await self.redis.xadd(DEAD_LETTER_STREAM, record, maxlen=10_000, approximate=True)
         reply_to = record.get("reply_to")
         seq_raw = _s(record.get("seq", b""))
-        if reply_to and seq_raw.isdigit():
-            await self._write_error(_s(reply_to), int(seq_raw), 0, kind, reason)
-        else:
-            metrics.ERRORS.labels(kind).inc()
-        await self.redis.xack(JOBS_STREAM, CONSUMER_GROUP, entry_id)
+        await self._answer_with_error(
+            entry_id,
+            _s(reply_to) if reply_to else None,
+            int(seq_raw) if seq_raw.isdigit() else None,
+            0,
+            kind,
+            reason,
+        )
         log.error("job %s to dead letters: %s", entry_id, reason)
 
     # -- metrics -------------------------------------------------------------------------------
@@ -432,7 +459,7 @@ class Replica:
             stats = self.engine.stats
             busy = stats.step_seconds + stats.vocoder_seconds
             last_busy, last_samples = self._last_stats
-            audio_s = (stats.samples - last_samples) / 24000
+            audio_s = (stats.samples - last_samples) / SAMPLE_RATE
             if audio_s > 0:
                 metrics.REALTIME_FACTOR.set((busy - last_busy) / audio_s)
             self._last_stats = (busy, stats.samples)

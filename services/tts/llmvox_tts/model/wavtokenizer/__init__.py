@@ -1,4 +1,4 @@
-"""WavTokenizer codec (MODEL_SPEC section 6): codes <-> 24 kHz waveform."""
+"""WavTokenizer codec (docs/wavtokenizer.md): codes <-> 24 kHz waveform."""
 
 from .config import WavTokenizerCheckpointError, WavTokenizerConfig, normalize_weight_norm_keys
 from .istft import istft_same

@@ -1,4 +1,4 @@
-"""Vocos backbone of WavTokenizer (MODEL_SPEC 6.1 and 6.2 steps 2-6).
+"""Vocos backbone of WavTokenizer (docs/wavtokenizer.md, decode steps 2-4).
 
 Attribute names mirror the checkpoint keys under `backbone.`; the registration order (embed, norm,
 convnext, final_layer_norm, pos_net) reproduces the upstream state-dict order, although pos_net

@@ -1,4 +1,4 @@
-"""Sizes of a WavTokenizer model (MODEL_SPEC section 6) and how to read them from a state dict.
+"""Sizes of a WavTokenizer model (docs/wavtokenizer.md) and how to read them from a state dict.
 
 Nothing here assumes the published sizes: `from_state_dict` derives every number from tensor
 shapes, so checkpoints with other widths, layer counts or vocabularies load without changes.
@@ -101,7 +101,7 @@ class WavTokenizerConfig:
 
     @classmethod
     def published(cls) -> WavTokenizerConfig:
-        """`wavtokenizer_large_speech_320_24k` (MODEL_SPEC section 6)."""
+        """`wavtokenizer_large_speech_320_24k` (docs/wavtokenizer.md)."""
         return cls(
             vq_bins=4096,
             codebook_dim=512,

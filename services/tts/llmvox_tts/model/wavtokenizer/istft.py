@@ -1,4 +1,4 @@
-"""ISTFT head with "same" padding (MODEL_SPEC 6.2 step 7 and 6.3).
+"""ISTFT head with "same" padding (docs/wavtokenizer.md, decode step 4 and the "same" ISTFT).
 
 `torch.istft` cannot express it: center=True trims n_fft/2 per side and center=False keeps edges
 where the window envelope is zero. Here frames are overlap-added and (n_fft − hop)/2 samples are

@@ -1,4 +1,4 @@
-"""WavTokenizer: speech codes <-> 24 kHz waveform (MODEL_SPEC section 6).
+"""WavTokenizer: speech codes <-> 24 kHz waveform (docs/wavtokenizer.md).
 
 `WavTokenizer` mirrors the upstream key layout (`feature_extractor.encodec.*`, `backbone.*`,
 `head.*`), so `load_state_dict(strict=True)` takes a published state dict with no renaming.

@@ -1,4 +1,4 @@
-"""Vector-quantizer codebooks (MODEL_SPEC 6.2 step 1 and 6.4 "Quantizer").
+"""Vector-quantizer codebooks (docs/wavtokenizer.md: decode step 1 and the encode quantizer).
 
 Module names mirror the checkpoint: `quantizer.vq.layers.{i}._codebook.{inited, cluster_size,
 embed, embed_avg}`. Only `embed` is used at inference; the other buffers are training state kept

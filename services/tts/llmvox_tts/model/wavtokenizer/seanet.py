@@ -1,4 +1,4 @@
-"""SEANet convolution stack of the WavTokenizer codec (MODEL_SPEC 6.4 and 6.6).
+"""SEANet convolution stack of the WavTokenizer codec (docs/wavtokenizer.md, encode).
 
 Only the encoder runs (waveform -> continuous frames). The codec's decoder is built as a holder of
 its weights so that published checkpoints load strictly; it has no forward pass.
@@ -111,7 +111,7 @@ class SConv1d(nn.Module):
         right = total // 2
         left = total - right
         length = x.shape[-1]
-        # The spec's `extra` formula reduces to this because k_eff - total == stride: pad the end
+        # The original `extra` formula reduces to this because k_eff - total == stride: pad the end
         # so that the last window is complete.
         extra = -(-length // self.stride) * self.stride - length
         return self.conv(_reflect_pad(x, left, right + extra))

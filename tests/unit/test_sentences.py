@@ -1,10 +1,11 @@
-"""The gateway's sentence splitter: whole words, upstream cleaning, sentence and clause ends."""
+"""The shared sentence splitter (llmvox_common.sentences): whole words, upstream cleaning,
+sentence and clause ends."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmvox_gateway.sentences import SentenceSplitter, WordBatch
+from llmvox_common.sentences import SentenceSplitter, WordBatch
 
 pytestmark = pytest.mark.unit
 

@@ -45,7 +45,7 @@ class LaunchError(RuntimeError):
 def repo_root() -> Path | None:
     """The monorepo checkout this package is installed from (editable install), if any."""
     for parent in Path(__file__).resolve().parents:
-        if (parent / "Makefile").is_file() and (parent / "services" / "gateway").is_dir():
+        if (parent / "Makefile").is_file() and (parent / "services" / "launch").is_dir():
             return parent
     return None
 

@@ -13,11 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from llmvox_common.constants import WORKERS_KEY_PREFIX
+
 from .settings import LaunchSettings
 
-# The heartbeat key of a TTS replica (llmvox_common.tts_streams.WORKERS_KEY_PREFIX): written once
-# its models are loaded. Spelled out here so the launcher does not import the TTS stack.
-TTS_HEARTBEAT_PREFIX = "llmvox:tts:worker:"
+# The heartbeat key of a TTS replica, written once its models are loaded (llmvox_common's
+# constants are stdlib only: the launcher still imports none of the TTS stack).
+TTS_HEARTBEAT_PREFIX = WORKERS_KEY_PREFIX
 
 # Published TTS files (llmvox_tts.loading.hub), looked for in --checkpoint_dir.
 LLMVOX_DECODER_FILE = "ckpt_english_tiny.pt"
@@ -257,11 +259,11 @@ def _tts_weights(settings: LaunchSettings, facts: MachineFacts) -> _TtsWeights:
     args = (
         "--profile",
         "published",
-        "--llmvox-checkpoint",
+        "--llmvox_checkpoint",
         decoder,
-        "--wavtokenizer-checkpoint",
+        "--wavtokenizer_checkpoint",
         codec,
-        "--text-model",
+        "--text_model",
         text_model,
     )
     return _TtsWeights("published", args, notices)
@@ -290,7 +292,7 @@ def _llm_child(
                 "convert-gguf",
                 "--model",
                 facts.smollm2_package_dir,
-                "--gguf-file",
+                "--gguf_file",
                 SMOLLM2_GGUF,
                 "--out",
                 model,
@@ -309,14 +311,14 @@ def _llm_child(
         model,
         "--device",
         torch_device(settings.llm_device, gpu),
-        "--chat-type",
+        "--chat_type",
         settings.chat_type,
-        *_optional("--eos-token", eos),
-        *_optional("--system-prompt", settings.system_prompt),
+        *_optional("--eos_token", eos),
+        *_optional("--system_prompt", settings.system_prompt),
         *_optional("--temperature", settings.llm_temperature),
-        *_optional("--top-p", settings.llm_top_p),
-        *_optional("--top-k", settings.llm_top_k),
-        *_optional("--max-tokens", settings.llm_max_tokens),
+        *_optional("--top_p", settings.llm_top_p),
+        *_optional("--top_k", settings.llm_top_k),
+        *_optional("--max_tokens", settings.llm_max_tokens),
     )
     ready = GrpcHealth(f"127.0.0.1:{settings.llm_port}")
     return ChildSpec("llm", argv, child_env, ready, STAGE_MODELS, prepare)
@@ -352,9 +354,9 @@ def _asr_child(
         model,
         "--device",
         device,
-        "--compute-type",
+        "--compute_type",
         "int8" if device == "cpu" else "auto",
-        "--cpu-threads",
+        "--cpu_threads",
         str(threads),
     )
     return ChildSpec("asr", argv, child_env, GrpcHealth(f"127.0.0.1:{settings.asr_port}"))
@@ -392,7 +394,7 @@ def build_plan(settings: LaunchSettings, facts: MachineFacts) -> Plan:
         argv = (
             *facts.commands["tts"],
             "worker",
-            "--redis-url",
+            "--redis_url",
             redis_url,
             "--name",
             consumer,
@@ -401,7 +403,7 @@ def build_plan(settings: LaunchSettings, facts: MachineFacts) -> Plan:
             "--precision",
             settings.tts_precision,
             *weights.args,
-            *_optional("--max-audio-length", settings.max_audio_length),
+            *_optional("--max_audio_length", settings.max_audio_length),
         )
         ready = RedisKeyExists(redis_url, TTS_HEARTBEAT_PREFIX + consumer)
         children.append(ChildSpec(name, argv, tts_env, ready, STAGE_MODELS))

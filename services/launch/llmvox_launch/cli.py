@@ -15,10 +15,10 @@ import asyncio
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
+from llmvox_common.cli_settings import add_settings_arguments, new_parser
 from llmvox_common.cli_settings import settings_from_args as settings_from_namespace
 
 from .machine import LaunchError, free_port, probe
@@ -27,37 +27,9 @@ from .settings import LaunchSettings
 from .supervisor import LAUNCHER_LABEL, Supervisor
 
 
-def _flag_kind(annotation: Any) -> tuple[Any, list[str] | None]:
-    """argparse type and choices of a settings field (pydantic validates the value later)."""
-    if get_origin(annotation) is Literal:
-        return str, [str(choice) for choice in get_args(annotation)]
-    members = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
-    literals = [m for m in members if get_origin(m) is Literal]
-    if literals and len(members) == 1:
-        return str, [str(choice) for choice in get_args(literals[0])]
-    if len(members) == 1 and members[0] in (int, float):
-        return members[0], None
-    return str, None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llmvox-launch",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    group = parser.add_argument_group("settings (each also env LLMVOX_LAUNCH_<NAME>)")
-    for name, field in LaunchSettings.model_fields.items():
-        kind, choices = _flag_kind(field.annotation)
-        default = field.default if field.default is not None else "unset"
-        group.add_argument(
-            f"--{name}",
-            dest=name,
-            type=kind,
-            choices=choices,
-            default=None,
-            help=f"{field.description or ''} (default: {default})".strip(),
-        )
+    parser = new_parser("llmvox-launch", __doc__)
+    add_settings_arguments(parser, LaunchSettings)
     parser.add_argument(
         "--print_plan",
         action="store_true",

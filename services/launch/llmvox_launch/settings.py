@@ -14,6 +14,12 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmvox_common.constants import (
+    DEFAULT_FIRST_CHUNK,
+    DEFAULT_LATER_FIRST_CHUNK,
+    DEFAULT_MAX_CHUNK,
+)
+
 ChatType = Literal["text", "voice", "visual_speech", "multimodal"]
 TtsProfile = Literal["auto", "published", "tiny"]
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
@@ -67,7 +73,7 @@ class LaunchSettings(BaseSettings):
     checkpoint_dir: str = Field(
         "CHECKPOINTS",
         validation_alias=AliasChoices("checkpoint_dir", "LLMVOX_CHECKPOINT_DIR"),
-        description="where published TTS weights are looked for (env LLMVOX_CHECKPOINT_DIR)",
+        description="where published TTS weights are looked for",
     )
     tts_precision: Precision = Field("fp32", description="TTS decoder weights")
     max_audio_length: int | None = Field(
@@ -75,9 +81,13 @@ class LaunchSettings(BaseSettings):
     )
 
     # Gateway: chunk schedule and address.
-    initial_dump_size_1: int = Field(10, ge=1, description="first audio part of a turn (tokens)")
-    initial_dump_size_2: int = Field(160, ge=1, description="first part of later sentences")
-    max_dump_size: int = Field(1280, ge=1, description="largest audio part (tokens)")
+    initial_dump_size_1: int = Field(
+        DEFAULT_FIRST_CHUNK, ge=1, description="first audio part of a turn (tokens)"
+    )
+    initial_dump_size_2: int = Field(
+        DEFAULT_LATER_FIRST_CHUNK, ge=1, description="first part of later sentences"
+    )
+    max_dump_size: int = Field(DEFAULT_MAX_CHUNK, ge=1, description="largest audio part (tokens)")
     api_port: int = Field(5003, ge=0, le=65535, description="HTTP/WebSocket port; 0 = a free one")
     host: str = Field("0.0.0.0", description="gateway listen address")
 
@@ -100,8 +110,7 @@ class LaunchSettings(BaseSettings):
     model_cache: str | None = Field(
         None,
         validation_alias=AliasChoices("model_cache", "LLMVOX_MODEL_CACHE"),
-        description="where the offline SmolLM2 is converted once (env LLMVOX_MODEL_CACHE; "
-        "default <repo>/.cache/models)",
+        description="where the offline SmolLM2 is converted once; unset = <repo>/.cache/models",
     )
     ready_timeout_s: float = Field(600.0, gt=0, description="per service, from its start")
     stop_timeout_s: float = Field(15.0, ge=0, description="SIGTERM grace before SIGKILL")

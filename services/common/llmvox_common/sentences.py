@@ -1,4 +1,7 @@
-"""Streamed LLM text → whole words grouped into sentences, one TTS job per sentence.
+"""Streamed text → whole words grouped into sentences: the platform's one sentence splitter.
+
+The gateway opens one TTS job per sentence it gives out; `llmvox-tts synth` speaks the same
+sentences, so a demo splits text exactly as the service does.
 
 LLM deltas split words anywhere ("Hel", "lo wor", "ld."), but the decoder was trained on whole
 space-split words, so text is held back until a word is complete (whitespace after it, or the
@@ -10,7 +13,7 @@ newline, after a clause (`,`, `;`, `:`) once it has `clause_words` words, and in
 `max_sentence_words`: short jobs start audio early and let replicas work in parallel, and a
 bound keeps one job from running for minutes.
 
-Pure and synchronous: the turn pipeline turns the batches into Redis calls.
+Pure and synchronous (no I/O, no heavy imports): callers turn the batches into TTS work.
 """
 
 from __future__ import annotations
