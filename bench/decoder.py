@@ -4,8 +4,11 @@ Measures, in one run on each available device:
 - LLMVoX speech tokens/s of our batched KV-cache decoder at batch 1, 8, 32, 64 (aggregate over
   the batch), and of a baseline that mimics the original per-token loop (upstream_baseline.py);
 - WavTokenizer decode real-time factor (compute seconds per second of audio) for chunk sizes
-  the streaming schedule uses.
-Our decoder runs in each precision (fp32 = the original numbers; bf16; int8 on CPUs); each row
+  the streaming schedule uses (38 = a first chunk of 10 behind 24 tokens of context, plus the
+  4 held back), at batch 1 and 8, per vocoder precision, with the SNR of its audio against
+  fp32's.
+Our decoder runs in each precision (fp32 = the original numbers; bf16; int8 on CPUs, the
+per-row batch-invariant `Int8Linear`); each row
 reports the share of greedy tokens that agree with fp32 under teacher forcing. Speed-ups are
 ratios against the baseline measured in the same run, since absolute numbers on shared machines
 are noisy. Random weights: the tokens are meaningless, the arithmetic is real.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -37,7 +41,12 @@ from llmvox_tts.loading.bundle import random_decoder
 from llmvox_tts.model.byt5_tokenizer import ByT5Tokenizer
 from llmvox_tts.model.gpt import GPTConfig, LLMVoXDecoder
 from llmvox_tts.model.inputs import InputBuilder
-from llmvox_tts.model.precision import PRECISIONS, with_precision
+from llmvox_tts.model.precision import (
+    PRECISIONS,
+    VOCODER_PRECISIONS,
+    wavtokenizer_with_precision,
+    with_precision,
+)
 from llmvox_tts.model.speech_decoder import SpeechTokenDecoder
 from llmvox_tts.model.wavtokenizer import WavTokenizer, WavTokenizerConfig
 from llmvox_tts.model.wavtokenizer.random_init import random_wavtokenizer_state_dict
@@ -154,22 +163,34 @@ def bench_device(device: torch.device, args: argparse.Namespace) -> dict:
                 }
             )
 
-    for n_tokens in args.chunks:
-        codes = torch.randint(0, codebook.shape[0], (1, n_tokens), device=device)
+    vocoder_precisions = [p for p in args.vocoder_precisions if device.type == "cpu" or p != "int8"]
+    vocoders = {p: wavtokenizer_with_precision(wavtokenizer, p) for p in vocoder_precisions}
+    gen = torch.Generator().manual_seed(3)
+    for batch, n_tokens in [(b, n) for b in args.vocoder_batches for n in args.chunks]:
+        codes = torch.randint(0, codebook.shape[0], (batch, n_tokens), generator=gen).to(device)
+        with torch.inference_mode():
+            reference = wavtokenizer.decode(codes).float()
+        for precision, vocoder in vocoders.items():
 
-        def run_decode(codes: torch.Tensor = codes) -> None:
+            def run_decode(codes: torch.Tensor = codes, vocoder: torch.nn.Module = vocoder) -> None:
+                with torch.inference_mode():
+                    vocoder.decode(codes)
+
+            seconds = best_of(run_decode, args.repeats, device)
+            audio_s = batch * n_tokens * HOP_LENGTH / SAMPLE_RATE
             with torch.inference_mode():
-                wavtokenizer.decode(codes)
-
-        seconds = best_of(run_decode, args.repeats, device)
-        audio_s = n_tokens * HOP_LENGTH / SAMPLE_RATE
-        result["wavtokenizer"].append(
-            {
-                "tokens": n_tokens,
-                "seconds": seconds,
-                "real_time_factor": seconds / audio_s,
-            }
-        )
+                error = (vocoder.decode(codes).float() - reference).square().sum()
+            snr = 10 * math.log10(reference.square().sum().item() / max(error.item(), 1e-30))
+            result["wavtokenizer"].append(
+                {
+                    "precision": precision,
+                    "batch": batch,
+                    "tokens": n_tokens,
+                    "seconds": seconds,
+                    "real_time_factor": seconds / audio_s,
+                    "snr_db_vs_fp32": min(snr, 200.0),
+                }
+            )
 
     def speedup(precision: str, batch: int) -> float | None:
         rows = [r for r in result["decoder"] if (r["precision"], r["batch"]) == (precision, batch)]
@@ -211,9 +232,13 @@ def print_table(report: dict) -> None:
                 f"{row['same_tokens_as_baseline']!s:>12} "
                 f"{row['teacher_forced_token_agreement']:>10.3f}"
             )
-        print(f"{'chunk':>9} {'decode s':>10} {'RTF':>8}   (WavTokenizer fp32, batch 1)")
+        print(f"{'vocoder':>9} {'batch':>6} {'chunk':>6} {'decode s':>10} {'RTF':>8} {'SNR dB':>7}")
         for row in res["wavtokenizer"]:
-            print(f"{row['tokens']:>9} {row['seconds']:>10.4f} {row['real_time_factor']:>8.4f}")
+            print(
+                f"{row['precision']:>9} {row['batch']:>6} {row['tokens']:>6} "
+                f"{row['seconds']:>10.4f} {row['real_time_factor']:>8.4f} "
+                f"{row['snr_db_vs_fp32']:>7.1f}"
+            )
         print(
             f"fp32 (exact): batch 1 {res['speedup_batch1_fp32']:.2f}x, batch 32 aggregate "
             f"{res['speedup_batch32_aggregate_fp32']:.2f}x"
@@ -236,7 +261,14 @@ def main() -> int:
     parser.add_argument(
         "--precisions", nargs="+", default=["fp32", "bf16", "int8"], choices=list(PRECISIONS)
     )
-    parser.add_argument("--chunks", type=int, nargs="+", default=[10, 75, 270])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[10, 38, 75, 270])
+    parser.add_argument(
+        "--vocoder-precisions",
+        nargs="+",
+        default=["fp32", "bf16", "int8"],
+        choices=list(VOCODER_PRECISIONS),
+    )
+    parser.add_argument("--vocoder-batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument(
         "--devices", nargs="+", default=None, help="default: cpu, and cuda when available"
     )

@@ -15,9 +15,10 @@ the first append) give the parts ASR, LLM first token, first sentence (the first
 and TTS first part (to the first audio sent); the client measures TTFA, from sending the commit /
 `response.create` / first append to receiving the first binary audio frame, and delivery =
 client TTFA - server first audio. For each kind: `--turns` turns one after another on one session
-(after one warm-up turn), then `--sessions` sessions at once (started together), each doing
-`--concurrent-turns` turns. p50/p95 of every part, and each figure as a ratio against the
-1-session figure measured in the same run (machines are noisy, ratios less so).
+(after one warm-up turn), then for each count K in `--sessions` (e.g. `--sessions 4 16`), K
+sessions at once (started together), each doing `--concurrent-turns` turns. p50/p95 of every
+part, and each figure as a ratio against the 1-session figure measured in the same run
+(machines are noisy, ratios less so).
 
 The launched stack gets `LLMVOX_GATEWAY_HISTORY_TURNS=0` (`--history-turns`): every LLM prompt
 is the question alone, so a session's 10th turn costs what its first does and the two phases
@@ -35,6 +36,7 @@ pipeline around an untrained model of that size, not real speech.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import contextlib
 import json
@@ -430,8 +432,10 @@ def single_session(url: str, kind: str, clips: list[bytes], args: argparse.Names
     }
 
 
-def concurrent_sessions(url: str, kind: str, clips: list[bytes], args: argparse.Namespace) -> dict:
-    count = args.sessions
+def concurrent_sessions(
+    url: str, kind: str, clips: list[bytes], args: argparse.Namespace, count: int
+) -> dict:
+    turns_each = concurrent_turns(args, count)
     results: list[list[TurnResult]] = [[] for _ in range(count)]
     failures: list[BaseException] = []
     start_together = threading.Barrier(count)
@@ -440,7 +444,7 @@ def concurrent_sessions(url: str, kind: str, clips: list[bytes], args: argparse.
         try:
             with Session(url, number, args.audio_speed, args.turn_timeout_s) as session:
                 start_together.wait(timeout=60)
-                for i in range(args.concurrent_turns):
+                for i in range(turns_each):
                     results[number].append(session.turn(kind, number + i, clips))
         except BaseException as error:  # reported by the main thread, which fails the run
             failures.append(error)
@@ -459,7 +463,7 @@ def concurrent_sessions(url: str, kind: str, clips: list[bytes], args: argparse.
     turns = [t for session_turns in results for t in session_turns]
     return {
         "sessions": count,
-        "turns_per_session": args.concurrent_turns,
+        "turns_per_session": turns_each,
         "wall_s": wall,
         "turns": [asdict(t) for t in turns],
         "stats": summarize(turns),
@@ -485,10 +489,20 @@ def bench_kind(url: str, kind: str, clips: list[bytes], args: argparse.Namespace
     # Each part's p50 against the client's TTFA p50, both from the 1-session turns.
     result["share_of_ttfa_p50"] = {key: stats["p50_s"] / ttfa for key, stats in single.items()}
     result["server_share_of_ttfa_p50"] = result["share_of_ttfa_p50"]["server_first_audio"]
-    if args.sessions > 0:
-        result["concurrent"] = concurrent_sessions(url, kind, clips, args)
-        result["concurrency_ratios"] = ratios(result["single"], result["concurrent"])
+    # One entry per session count, in --sessions order.
+    result["concurrent"] = [
+        concurrent_sessions(url, kind, clips, args, count) for count in args.sessions
+    ]
+    result["concurrency_ratios"] = [ratios(result["single"], c) for c in result["concurrent"]]
     return result
+
+
+def concurrent_turns(args: argparse.Namespace, count: int) -> int:
+    """Turns per session when `count` sessions run at once: --concurrent-turns, else the
+    single-session turns spread over them (rounded up), so each phase does as many turns."""
+    if args.concurrent_turns is not None:
+        return int(args.concurrent_turns)
+    return math.ceil(args.turns / count)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -517,31 +531,33 @@ def ratio(value: dict[str, float] | None, q: str) -> str:
 
 def print_tables(report: dict) -> None:
     for res in report["kinds"]:
-        single, concurrent = res["single"], res.get("concurrent")
-        k = concurrent["sessions"] if concurrent else 0
+        single, runs = res["single"], res.get("concurrent", [])
         head = f"\n== {res['kind']}: {len(single['turns'])} turns on 1 session"
-        if concurrent:
+        for run in runs:
             head += (
-                f" | {k} sessions at once x {concurrent['turns_per_session']} turns "
-                f"({len(concurrent['turns'])} turns, {concurrent['wall_s']:.1f} s)"
+                f" | {run['sessions']} sessions at once x {run['turns_per_session']} turns "
+                f"({len(run['turns'])} turns, {run['wall_s']:.1f} s)"
             )
         print(head + "  [ms]")
-        print(
-            f"{'part':<20} {'1: p50':>8} {'p95':>7} {'/TTFA':>6} {f'{k}: p50':>8} {'p95':>7} "
-            f"{'x p50':>7} {'x p95':>7}"
-        )
+        columns = f"{'part':<20} {'1: p50':>8} {'p95':>7} {'/TTFA':>6}"
+        for run in runs:
+            k = run["sessions"]
+            columns += f" {f'{k}: p50':>8} {'p95':>7} {'x p50':>7} {'x p95':>7}"
+        print(columns)
         for key, label in ROWS:
             one = single["stats"].get(key)
             if one is None:
                 continue
-            many = concurrent["stats"].get(key) if concurrent else None
-            r = res.get("concurrency_ratios", {}).get(key)
             share = res["share_of_ttfa_p50"][key]
-            print(
-                f"{label:<20} {ms(one, 'p50'):>8} {ms(one, 'p95'):>7} {share:>6.0%} "
-                f"{ms(many, 'p50'):>8} {ms(many, 'p95'):>7} {ratio(r, 'p50'):>7} "
-                f"{ratio(r, 'p95'):>7}"
-            )
+            line = f"{label:<20} {ms(one, 'p50'):>8} {ms(one, 'p95'):>7} {share:>6.0%}"
+            for run, run_ratios in zip(runs, res.get("concurrency_ratios", []), strict=True):
+                many = run["stats"].get(key)
+                r = run_ratios.get(key)
+                line += (
+                    f" {ms(many, 'p50'):>8} {ms(many, 'p95'):>7} {ratio(r, 'p50'):>7} "
+                    f"{ratio(r, 'p95'):>7}"
+                )
+            print(line)
     print(
         "\n/TTFA: the 1-session p50 over the client TTFA p50; x: the K-session figure over the "
         "1-session figure (same run)"
@@ -563,13 +579,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--turns", type=int, default=10, help="turns on the single session")
     parser.add_argument(
-        "--sessions", type=int, default=4, help="sessions at once (0 = no concurrent phase)"
+        "--sessions",
+        type=int,
+        nargs="*",
+        default=[4],
+        help="session counts of the concurrent phases, one phase each (e.g. 4 16; none: no "
+        "concurrent phase)",
     )
     parser.add_argument(
         "--concurrent-turns",
         type=int,
         default=None,
-        help="turns per concurrent session (default: turns / sessions, rounded up)",
+        help="turns per concurrent session (default: turns / sessions, rounded up, per phase)",
     )
     parser.add_argument(
         "--audio-speed",
@@ -595,12 +616,18 @@ def parse_args() -> argparse.Namespace:
         help="one more llmvox-launch argument (repeat it), e.g. --launch-arg=--tts_profile=tiny",
     )
     launch.add_argument("--ready-timeout-s", type=float, default=600.0)
+    launch.add_argument(
+        "--tts-published-size",
+        metavar="PRECISION",
+        default=None,
+        help="serve a published-size TTS (random weights written in the published file layouts, "
+        "loaded by the real loaders: bench/tts_serving.py) with this decoder precision "
+        "(e.g. int8, the CPU default, or fp32, the exact mode)",
+    )
     parser.add_argument("--out-dir", default=str(REPO / "bench" / "results"))
     args = parser.parse_args()
-    if args.turns < 1 or args.sessions < 0:
-        parser.error("--turns must be positive and --sessions not negative")
-    if args.concurrent_turns is None:
-        args.concurrent_turns = math.ceil(args.turns / args.sessions) if args.sessions else 0
+    if args.turns < 1 or any(count < 1 for count in args.sessions):
+        parser.error("--turns and every --sessions count must be positive")
     return args
 
 
@@ -621,7 +648,32 @@ def launcher_argv(args: argparse.Namespace) -> list[str]:
         str(args.llm_max_tokens),
         "--llm_temperature",
         "0",
+        *published_size_args(args),
         *args.launch_arg,
+    ]
+
+
+def published_size_args(args: argparse.Namespace) -> list[str]:
+    """Launcher flags of `--tts-published-size`: random weights in the published layouts, in a
+    directory that lives as long as this process (written once)."""
+    if args.tts_published_size is None:
+        return []
+    from tts_serving import write_published_layout  # bench/ is on sys.path when run as a script
+
+    root = Path(tempfile.mkdtemp(prefix="llmvox-e2e-published-"))
+    atexit.register(shutil.rmtree, root, True)  # hundreds of MB: gone when the bench ends
+    decoder_dir, wavtokenizer_dir, text_dir = write_published_layout(root)
+    return [
+        "--tts_profile",
+        "published",
+        "--llmvox_checkpoint",
+        str(decoder_dir),
+        "--wavtokenizer_checkpoint",
+        str(wavtokenizer_dir),
+        "--text_model",
+        str(text_dir),
+        "--tts_precision",
+        args.tts_published_size,
     ]
 
 
@@ -642,7 +694,7 @@ def main() -> int:
         "load_avg_1min_start": os.getloadavg()[0],
         "turns": args.turns,
         "sessions": args.sessions,
-        "concurrent_turns": args.concurrent_turns,
+        "concurrent_turns": {count: concurrent_turns(args, count) for count in args.sessions},
         "audio_speed": args.audio_speed,
     }
     say = (lambda _: None) if args.json else (lambda text: print(text, flush=True))
@@ -694,9 +746,20 @@ def main() -> int:
         res["kind"]: {
             "client_ttfa_p50_s": res["single"]["stats"]["client_ttfa"]["p50_s"],
             "server_share_of_ttfa_p50": res["server_share_of_ttfa_p50"],
-            "concurrency_ratio_ttfa_p50": res.get("concurrency_ratios", {})
-            .get("client_ttfa", {})
-            .get("p50"),
+            # Per session count: client TTFA p50 at K sessions over the 1-session p50.
+            "concurrency_ratio_ttfa_p50": {
+                run["sessions"]: run_ratios.get("client_ttfa", {}).get("p50")
+                for run, run_ratios in zip(
+                    res["concurrent"], res["concurrency_ratios"], strict=True
+                )
+            },
+            "client_ttfa_by_sessions": {
+                run["sessions"]: {
+                    "p50_s": run["stats"]["client_ttfa"]["p50_s"],
+                    "p95_s": run["stats"]["client_ttfa"]["p95_s"],
+                }
+                for run in res["concurrent"]
+            },
         }
         for res in report["kinds"]
     }

@@ -30,7 +30,8 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY --from=proto /src/services/common /src/services/common
 COPY services/gateway /src/services/gateway
-RUN pip install --no-cache-dir "/src/services/common[grpc]" /src/services/gateway
+# [vad]: the Silero model of /v1/realtime's server_vad, the protocol's default turn detection.
+RUN pip install --no-cache-dir "/src/services/common[grpc]" "/src/services/gateway[vad]"
 
 FROM base AS runtime
 ARG UID=10001

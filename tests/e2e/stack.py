@@ -43,7 +43,8 @@ GATEWAY_READY_TIMEOUT_S = 240.0
 POLL_S = 0.5  # between two readiness checks of a condition nothing signals
 
 
-def e2e_settings(redis_url: str, replicas: int) -> LaunchSettings:
+def e2e_settings(redis_url: str, replicas: int, **overrides: object) -> LaunchSettings:
+    """`overrides` replace any of these (tests/chaos: `asr_model="none"`, ...)."""
     settings = LaunchSettings(
         redis_url=redis_url,
         host="127.0.0.1",
@@ -61,7 +62,7 @@ def e2e_settings(redis_url: str, replicas: int) -> LaunchSettings:
         ready_timeout_s=READY_TIMEOUT_S,
         stop_timeout_s=STOP_TIMEOUT_S,
     )
-    return resolve_ports(settings, free_port)
+    return resolve_ports(settings.model_copy(update=overrides), free_port)
 
 
 def service_env(llm_metrics_port: int) -> dict[str, str]:
@@ -142,6 +143,20 @@ class Launcher:
             pytest.fail(f"the stack was not ready after {bound:g} s:\n{self.log()}")
         if self._ended.is_set():
             pytest.fail(f"the stack did not come up (status {self.status}):\n{self.log()}")
+
+    def pid(self, name: str) -> int | None:
+        """The pid of the plan's child `name` now (a restarted child has a new one); None when
+        it does not run."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            return None
+        process = supervisor.children[name].process
+        return process.pid if process is not None and process.returncode is None else None
+
+    def is_ready(self, name: str) -> bool:
+        """The child `name` runs and passed its readiness check (since its last restart)."""
+        supervisor = self._supervisor
+        return supervisor is not None and supervisor.children[name].ready and bool(self.pid(name))
 
     def check_running(self) -> None:
         if self._ended.is_set():
@@ -260,13 +275,24 @@ def readiness(url: str, path: str = "readyz") -> tuple[int, dict[str, object]]:
 
 
 @contextlib.contextmanager
-def running_stack(redis_url: str, log_dir: Path, *, replicas: int = 2) -> Iterator[Stack]:
-    settings = e2e_settings(redis_url, replicas)
+def running_stack(
+    redis_url: str,
+    log_dir: Path,
+    *,
+    replicas: int = 2,
+    env: dict[str, str] | None = None,
+    **overrides: object,
+) -> Iterator[Stack]:
+    """`env`: more service settings by environment; `overrides`: launcher settings."""
+    settings = e2e_settings(redis_url, replicas, **overrides)
     # install=False: the test Redis answers already, and nothing is installed by a test.
     plan = build_plan(settings, probe(settings, install=False))
     metrics_port = free_port()
     launcher = Launcher(
-        plan, settings, {**os.environ, **service_env(metrics_port)}, log_dir / "launch.log"
+        plan,
+        settings,
+        {**os.environ, **service_env(metrics_port), **(env or {})},
+        log_dir / "launch.log",
     )
     stack = Stack(
         redis_url,

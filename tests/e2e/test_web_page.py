@@ -141,6 +141,20 @@ class PageUnderTest:
     console_errors: list[str] = field(default_factory=list)
     websocket_urls: list[str] = field(default_factory=list)
 
+    @classmethod
+    def watching(cls, page: Page) -> PageUnderTest:
+        """The page, with its console errors, page errors and WebSocket URLs recorded."""
+        web = cls(page)
+
+        def on_console(message: ConsoleMessage) -> None:
+            if message.type == "error":
+                web.console_errors.append(message.text)
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: web.console_errors.append(f"page error: {error}"))
+        page.on("websocket", lambda socket: web.websocket_urls.append(socket.url))
+        return web
+
     def state(self) -> dict[str, Any]:
         return self.page.evaluate("() => window.llmvox")
 
@@ -168,15 +182,7 @@ def open_page(browser: Browser) -> Iterator[OpenPage]:
             permissions=["microphone"], viewport={"width": 1280, "height": 900}
         )
         contexts.append(context)
-        web = PageUnderTest(context.new_page())
-
-        def on_console(message: ConsoleMessage) -> None:
-            if message.type == "error":
-                web.console_errors.append(message.text)
-
-        web.page.on("console", on_console)
-        web.page.on("pageerror", lambda error: web.console_errors.append(f"page error: {error}"))
-        web.page.on("websocket", lambda socket: web.websocket_urls.append(socket.url))
+        web = PageUnderTest.watching(context.new_page())
         if prepare is not None:
             prepare(web.page)
         web.page.goto(url)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from tests.process_support import process_gone
 
 pytestmark = pytest.mark.integration
 
@@ -49,20 +50,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def is_gone(pid: int, timeout: float = 30.0) -> bool:
-    """The process has ended (a zombie waiting for its reaper counts): waits for its pidfd to
-    become readable, which happens when it terminates; False after `timeout`."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([pidfd], [], [], timeout)
-        return bool(readable)
-    finally:
-        os.close(pidfd)
 
 
 @dataclass
@@ -153,7 +140,7 @@ def stop_and_check_all_gone(launch: Launch) -> dict[str, int]:
     status = launch.process.wait(timeout=STOP_TIMEOUT_S)
     launch.drain()
     assert status == 0, launch.output()
-    left = [name for name, pid in children.items() if not is_gone(pid)]
+    left = [name for name, pid in children.items() if not process_gone(pid)]
     assert not left, f"still running after Ctrl-C: {left}\n{launch.output()}"
     return children
 

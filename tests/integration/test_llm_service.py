@@ -48,9 +48,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         str(SERVER_MAX_TOKENS),
         "--max_prompt_tokens",
         str(SERVER_MAX_PROMPT_TOKENS),
-        # One call at a time makes "busy" deterministic for the RESOURCE_EXHAUSTED test.
-        "--max_concurrency",
+        # One call at a time, no queue, makes "busy" deterministic for the RESOURCE_EXHAUSTED
+        # test (tests/integration/test_llm_batching.py covers the batch and its queue).
+        "--max_batch",
         "1",
+        "--max_queue",
+        "0",
         log_path=tmp_path_factory.mktemp("llm") / "server.log",
     ) as running:
         yield running

@@ -45,7 +45,10 @@ pytestmark = pytest.mark.integration
 TOKENS_PER_ID = 3.0  # short sentences: the tiny model never ends one by itself
 FIRST_CHUNK, MAX_CHUNK = 10, 40
 CONTEXT, HOLDBACK = 16, 3  # chunk-join settings, passed to the replicas and the reference
+# fp32 decoder and vocoder (the exact mode): the reference audio below is computed in fp32, and
+# the CPU defaults (int8, bf16) would change the samples.
 WORKER = [sys.executable, "-m", "llmvox_tts.cli", "worker", "--profile", "tiny"]
+WORKER += ["--precision", "fp32", "--vocoder_precision", "fp32"]
 
 
 class Replicas:

@@ -313,7 +313,9 @@ class FakeTts:
 class FakeRedis:
     """Only what a runtime asks Redis outside a turn: no replica heartbeats."""
 
-    async def scan_iter(self, match: str | None = None) -> AsyncIterator[bytes]:
+    async def scan_iter(
+        self, match: str | None = None, count: int | None = None
+    ) -> AsyncIterator[bytes]:
         for key in ():
             yield key
 

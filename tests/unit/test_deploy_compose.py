@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 CPU_OVERRIDE = DEPLOY / "docker-compose.cpu.yml"
+EXTERNAL_LLM_OVERRIDE = DEPLOY / "docker-compose.external-llm.yml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 
 SETTINGS = {
@@ -107,6 +108,7 @@ def test_cpu_override_matches_the_compose_spec_schema() -> None:
     # check-jsonschema's YAML reader refuses Compose's `!reset` tag: same schema, own loader.
     schema = builtin_schemas.get_builtin_schema("vendor.compose-spec")
     jsonschema.validate(load_compose_yaml(CPU_OVERRIDE), schema)
+    jsonschema.validate(load_compose_yaml(EXTERNAL_LLM_OVERRIDE), schema)
     jsonschema.validate(load_compose_yaml(COMPOSE), schema)
 
 
@@ -228,6 +230,13 @@ def test_redis_has_a_password_and_no_public_port() -> None:
     password = "change-me-to-a-long-random-hex-string"  # .env.example's placeholder
     assert redis["environment"]["REDIS_PASSWORD"] == password
     assert "--requirepass" in " ".join(redis["command"])
+    # An append-only file on a named volume: queued jobs survive a Redis restart.
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--dir /data" in command
+    (volume,) = redis["volumes"]
+    assert (volume["type"], volume["source"], volume["target"]) == ("volume", "redis-data", "/data")
+    assert "redis-data" in merged(cpu=False)["volumes"]
     url = f"redis://:{password}@redis:6379/0"
     assert services["gateway"]["environment"]["LLMVOX_GATEWAY_REDIS_URL"] == url
     for name in ("tts-1", "tts-2"):
@@ -310,7 +319,7 @@ def test_env_example_names_settings_and_compose_keys_only() -> None:
 
 def test_every_variable_the_files_read_is_in_env_example() -> None:
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.M))
-    for path in (COMPOSE, CPU_OVERRIDE):
+    for path in (COMPOSE, CPU_OVERRIDE, EXTERNAL_LLM_OVERRIDE):
         # ${NAME}, ${NAME:-default}, ${NAME:?message}; $$ escapes a variable for the container.
         text = re.sub(r"^\s*#.*$", "", path.read_text(), flags=re.MULTILINE)
         used = set(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)", text))
@@ -324,3 +333,47 @@ def test_llmvox_services_read_the_env_file() -> None:
         service = compose["services"][name]
         env_file = service.get("env_file") or compose["x-tts"]["env_file"]
         assert env_file == [{"path": ".env", "required": False}], name
+
+
+# -- the external-LLM override ----------------------------------------------------------------
+
+
+def _external_llm_env(tmp_path: Path) -> Path:
+    env_file = tmp_path / "external-llm.env"
+    env_file.write_text(
+        ENV_EXAMPLE.read_text()
+        + "LLMVOX_GATEWAY_LLM_BASE_URL=http://host.docker.internal:8000/v1\n"
+        + "LLMVOX_GATEWAY_LLM_MODEL=some/model\n"
+    )
+    return env_file
+
+
+@pytest.mark.parametrize("cpu", [False, True])
+def test_external_llm_override_drops_the_llm_service(tmp_path: Path, cpu: bool) -> None:
+    files = (
+        (COMPOSE, CPU_OVERRIDE, EXTERNAL_LLM_OVERRIDE) if cpu else (COMPOSE, EXTERNAL_LLM_OVERRIDE)
+    )
+    result = compose_config(tmp_path / "docker", *files, env_file=_external_llm_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert "llm" not in services
+    assert set(services) == LLMVOX_SERVICES - {"llm"} | {"redis", "prometheus", "grafana"}
+    gateway = services["gateway"]
+    env = gateway["environment"]
+    assert env["LLMVOX_GATEWAY_LLM_BACKEND"] == "openai"
+    assert env["LLMVOX_GATEWAY_LLM_BASE_URL"] == "http://host.docker.internal:8000/v1"
+    assert env["LLMVOX_GATEWAY_LLM_MODEL"] == "some/model"
+    assert env["LLMVOX_GATEWAY_LLM_ADDR"] == ""
+    assert set(gateway["depends_on"]) == {"redis", "asr", "tts-1", "tts-2"}
+    for key in env:
+        if key.startswith("LLMVOX_"):
+            assert is_setting(key), key
+    # Still the rest of the stack as the main file has it (Redis URL with its password).
+    assert env["LLMVOX_GATEWAY_REDIS_URL"].startswith("redis://:")
+
+
+def test_external_llm_override_needs_the_url_and_model(tmp_path: Path) -> None:
+    result = compose_config(tmp_path / "docker", COMPOSE, EXTERNAL_LLM_OVERRIDE)
+    assert result.returncode != 0
+    # compose names the first missing variable it meets, in no fixed order.
+    assert re.search(r"LLMVOX_GATEWAY_LLM_(BASE_URL|MODEL) is missing a value", result.stderr)

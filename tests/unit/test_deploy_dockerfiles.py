@@ -37,7 +37,7 @@ INSTALLS = {
     "asr": {"common[grpc]", "asr"},
     "llm": {"common[grpc]", "llm"},
     "tts": {"common", "tts[hub]"},
-    "gateway": {"common[grpc]", "gateway"},
+    "gateway": {"common[grpc]", "gateway[vad]"},  # [vad]: /v1/realtime's Silero model
 }
 GPU_SERVICES = {"asr", "llm", "tts"}
 

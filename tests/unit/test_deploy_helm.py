@@ -39,6 +39,7 @@ VALUES_FILES = {
     "external-redis": "external-redis-values.yaml",
     "keda": "autoscaling-values.yaml",
     "hpa": "autoscaling-hpa-values.yaml",
+    "external-llm": "external-llm-values.yaml",
 }
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 SETTINGS = {
@@ -53,7 +54,7 @@ WIRED = {
     "asr": {"host", "port", "metrics_port"},
     "llm": {"host", "port", "metrics_port"},
     "tts": {"redis_url", "metrics_port", "name"},
-    "gateway": {"host", "api_port", "redis_url", "asr_addr", "llm_addr", "api_keys"},
+    "gateway": {"host", "api_port", "redis_url", "asr_addr", "llm_addr", "api_keys", "llm_api_key"},
 }
 GRPC_PORTS = {"asr": 50051, "llm": 50052}
 METRICS_PORTS = {"asr": 9464, "llm": 9465, "tts": 9101, "gateway": 5003}
@@ -150,6 +151,7 @@ def test_expected_objects_per_values_file(rendered: dict[str, Rendered]) -> None
     # secrets.existingSecret: the chart makes none.
     assert kinds("keda") == core | {"StatefulSet", "ScaledObject", "TriggerAuthentication"}
     assert kinds("hpa") == core | {"Secret", "StatefulSet", "HorizontalPodAutoscaler"}
+    assert kinds("external-llm") == core | {"Secret", "StatefulSet"}
 
 
 def test_gpu_pods_ask_for_one_gpu_each_and_tolerate_gpu_nodes(
@@ -239,6 +241,8 @@ def _config(result: Rendered, component: str) -> dict[str, str]:
 def test_configmaps_hold_real_settings_only(rendered: dict[str, Rendered]) -> None:
     for key, result in each(rendered):
         for component, prefix in ENV_PREFIX.items():
+            if not result.values.get(component, {}).get("enabled", True):
+                continue  # not rendered (external-llm: llm.enabled false)
             data = _config(result, component)
             for name, value in data.items():
                 assert isinstance(value, str), (key, name)
@@ -541,3 +545,73 @@ def test_schema_describes_every_default_value() -> None:
                 assert node.get("type") == "object", where
                 assert "additionalProperties" not in node, where
                 break
+
+
+def _redis_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
+    text = render(values)["llmvox/templates/redis.yaml"]
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def test_redis_keeps_an_append_only_file_on_a_volume_by_default(
+    rendered: dict[str, Rendered],
+) -> None:
+    """Queued TTS jobs survive a Redis restart: appendonly on a PersistentVolumeClaim; the
+    toggle turns both off (emptyDir), and either way the objects are valid Kubernetes."""
+    redis = rendered["defaults"].get("StatefulSet", f"{PREFIX}-redis")
+    spec = redis["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    command = container["command"][-1]
+    assert "--appendonly yes" in command
+    assert "--dir /data" in command
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "volumes" not in spec["template"]["spec"]
+
+    off = _redis_objects({"redis": {"persistence": {"enabled": False}}})
+    (statefulset,) = [o for o in off if o["kind"] == "StatefulSet"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    assert "--appendonly no" in container["command"][-1]
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    assert statefulset["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+
+    sized = _redis_objects({"redis": {"persistence": {"size": "5Gi", "storageClass": "fast"}}})
+    (statefulset,) = [o for o in sized if o["kind"] == "StatefulSet"]
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    for obj in [*off, *sized]:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_external_llm_runs_no_llm_and_points_the_gateway_at_it(
+    rendered: dict[str, Rendered],
+) -> None:
+    import base64
+
+    result = rendered["external-llm"]
+    names = {o["metadata"]["name"] for o in result.objects}
+    assert not any(name.startswith(f"{PREFIX}-llm") for name in names), names
+    data = _config(result, "gateway")
+    assert data["LLMVOX_GATEWAY_LLM_BACKEND"] == "openai"
+    assert data["LLMVOX_GATEWAY_LLM_BASE_URL"].startswith("http://vllm.")
+    assert data["LLMVOX_GATEWAY_LLM_MODEL"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert data["LLMVOX_GATEWAY_LLM_ADDR"] == ""
+    assert "LLMVOX_GATEWAY_LLM_API_KEY" not in data  # a secret: never in a ConfigMap
+    key = _env(result.container("gateway"))["LLMVOX_GATEWAY_LLM_API_KEY"]
+    assert key["valueFrom"]["secretKeyRef"] == {
+        "name": PREFIX,
+        "key": "llm-api-key",
+        "optional": True,
+    }
+    secret = result.get("Secret", PREFIX)["data"]
+    assert base64.b64decode(secret["llm-api-key"]).decode() == "sk-example-external-llm-key"
+    # Without an external key the Secret has no such entry (the reference is optional).
+    assert "llm-api-key" not in rendered["defaults"].get("Secret", PREFIX)["data"]
+
+
+def test_openai_backend_needs_its_url_and_model() -> None:
+    values = {"llm": {"enabled": False}, "gateway": {"settings": {"llm_backend": "openai"}}}
+    with pytest.raises(Exception, match="llm_base_url is required"):
+        render(values)

@@ -1,6 +1,7 @@
 """The launcher's supervisor with tiny real child processes (`python -c` scripts) and real
-signals: stage order, prefixed output, readiness, a child that dies, SIGTERM then SIGKILL, the
-process group, and the children of a launcher that is killed.
+signals: stage order, prefixed output, readiness, a child that dies and is restarted (or keeps
+failing at start-up and stops the stack), SIGTERM then SIGKILL, the process group, and the
+children of a launcher that is killed.
 
 Each dummy child appends `<event> <name> <pid>` lines to a shared journal file; the order of the
 lines is the order of the events. Nothing waits a fixed time: children idle in `signal.pause()`,
@@ -12,20 +13,26 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import select
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from llmvox_launch.plan import ChildSpec, HttpOk, LogLine, Plan, Step
+from llmvox_launch.restart import RestartPolicy
 from llmvox_launch.supervisor import Supervisor, pdeathsig_prefix
+from tests.process_support import process_gone
 
 pytestmark = pytest.mark.unit
+
+# Restarts without the production delays (their arithmetic is test_launcher_restart.py's).
+QUICK_RESTARTS = RestartPolicy(first_delay_s=0.05, max_delay_s=0.2)
 
 DUMMY = textwrap.dedent(
     """
@@ -82,26 +89,12 @@ def position(journal: Path, event: str, name: str) -> int:
     return rows.index((event, name))
 
 
-def gone(pid: int, timeout: float = 30.0) -> bool:
-    """The process has ended (a zombie waiting for its reaper counts): waits for its pidfd to
-    become readable, which happens when the process terminates; False after `timeout`."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([pidfd], [], [], timeout)
-        return bool(readable)
-    finally:
-        os.close(pidfd)
-
-
 def run(
     plan: Plan,
     *,
     signal_when_ready: signal.Signals | None = signal.SIGINT,
     on_ready: Callable[[], None] | None = None,
-    **options: float,
+    **options: Any,
 ) -> tuple[int, str]:
     """Run the supervisor in this process; when everything is ready, call `on_ready` and/or
     send this process a real signal. Returns the exit status and the output."""
@@ -113,6 +106,7 @@ def run(
         if signal_when_ready is not None:
             os.kill(os.getpid(), signal_when_ready)
 
+    options.setdefault("restart", QUICK_RESTARTS)
     supervisor = Supervisor(plan, out=out, on_ready=when_ready, poll_interval_s=0.05, **options)
     status = asyncio.run(supervisor.run())
     return status, out.getvalue()
@@ -121,6 +115,28 @@ def run(
 def started_pid(journal: Path, name: str) -> int:
     ((_, _, pid),) = [row for row in events(journal) if row[:2] == ("start", name)]
     return pid
+
+
+def count(journal: Path, event: str, name: str) -> int:
+    return sum(1 for row in events(journal) if row[:2] == (event, name))
+
+
+def signal_self_when(condition: Callable[[], bool], sig: signal.Signals) -> threading.Thread:
+    """Send this process `sig` once `condition` holds (polled: the journal file signals nothing);
+    gives up after 60 s so a broken test fails instead of hanging."""
+    done = threading.Event()
+
+    def watch() -> None:
+        for _ in range(60 * 20):
+            if condition():
+                break
+            if done.wait(0.05):
+                return
+        os.kill(os.getpid(), sig)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
 
 
 def test_stages_start_in_order_and_stop_in_reverse_on_ctrl_c(tmp_path: Path) -> None:
@@ -138,7 +154,7 @@ def test_stages_start_in_order_and_stop_in_reverse_on_ctrl_c(tmp_path: Path) -> 
     stopped_gateway = position(journal, "stop", "gateway")
     assert stopped_gateway < position(journal, "stop", "asr")
     assert stopped_gateway < position(journal, "stop", "llm")
-    assert all(gone(pid) for _, _, pid in events(journal))
+    assert all(process_gone(pid) for _, _, pid in events(journal))
     lines = out.splitlines()
     assert "[asr]     hello from asr" in lines
     assert "[gateway] hello from gateway" in lines
@@ -168,31 +184,60 @@ def test_a_child_that_exits_before_ready_stops_everything_and_is_named(tmp_path:
     )
     status, out = run(plan, signal_when_ready=None)
     assert status == 1
-    assert "error: llm exited with code 3 before it was ready." in out
+    # Restarted twice, then the crash-loop limit (3 start-up failures) stops the stack.
+    assert count(journal, "start", "llm") == 3
+    assert "[launch]  llm exited (code 3); restarting in 0.05 s (attempt 1)" in out
+    assert "[launch]  llm exited (code 3); restarting in 0.1 s (attempt 2)" in out
+    assert (
+        "error: llm exited with code 3 before it was ready, 3 times within 120 s; "
+        "not restarting it." in out
+    )
     assert "  | boom: the model file is unreadable" in out
     assert "LLMVoX is ready" not in out
     assert "gateway" not in {name for _, name, _ in events(journal)}  # never started
-    assert all(gone(pid) for _, _, pid in events(journal))
+    assert all(process_gone(pid) for _, _, pid in events(journal))
 
 
-def test_a_child_that_dies_while_running_stops_everything(tmp_path: Path) -> None:
+def test_a_child_that_dies_while_running_is_restarted_and_the_others_keep_running(
+    tmp_path: Path,
+) -> None:
     journal = tmp_path / "journal"
     plan = Plan(
         (dummy("tts1", journal), dummy("gateway", journal, "crash-later", stage=2)),
         url="http://x/",
     )
-    # The gateway dies once the supervisor has announced the stack ready.
+    # The gateway dies once the supervisor has announced the stack ready; Ctrl-C once its
+    # second run is ready.
+    signal_self_when(lambda: count(journal, "ready", "gateway") == 2, signal.SIGINT)
     status, out = run(
         plan,
         signal_when_ready=None,
         on_ready=lambda: os.kill(started_pid(journal, "gateway"), signal.SIGUSR1),
     )
-    assert status == 1
-    assert "LLMVoX is ready" in out
-    assert "error: gateway exited with code 4 while running." in out
-    assert "  | lost the connection" in out
-    assert position(journal, "stop", "tts1") >= 0
-    assert all(gone(pid) for _, _, pid in events(journal))
+    assert status == 0
+    assert "[launch]  gateway exited (code 4); restarting in 0.05 s (attempt 1)" in out
+    assert "[launch]  started gateway again (pid" in out
+    assert "[launch]  gateway is ready again" in out
+    assert "error" not in out
+    # tts1 ran on, once, until the Ctrl-C.
+    assert count(journal, "start", "tts1") == 1
+    assert position(journal, "stop", "tts1") > position(journal, "start", "gateway")
+    assert all(process_gone(pid) for _, _, pid in events(journal))
+
+
+def test_a_child_killed_with_sigkill_is_named_by_its_signal(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    plan = Plan((dummy("tts1", journal), dummy("tts2", journal)), url="http://x/")
+
+    def kill_tts1() -> None:
+        os.kill(started_pid(journal, "tts1"), signal.SIGKILL)
+
+    signal_self_when(lambda: count(journal, "ready", "tts1") == 2, signal.SIGTERM)
+    status, out = run(plan, signal_when_ready=None, on_ready=kill_tts1)
+    assert status == 0
+    assert "[launch] tts1 exited (SIGKILL); restarting in 0.05 s (attempt 1)" in out
+    assert count(journal, "start", "tts2") == 1
+    assert all(process_gone(pid) for _, _, pid in events(journal))
 
 
 def test_sigkill_after_the_grace_period(tmp_path: Path) -> None:
@@ -202,7 +247,7 @@ def test_sigkill_after_the_grace_period(tmp_path: Path) -> None:
     assert status == 0
     assert "stubborn did not stop within 0.5 s: SIGKILL" in out
     assert "stubborn stopped (ended by SIGKILL)" in out
-    assert gone(started_pid(journal, "stubborn"))
+    assert process_gone(started_pid(journal, "stubborn"))
 
 
 def test_the_whole_process_group_is_stopped(tmp_path: Path) -> None:
@@ -211,7 +256,7 @@ def test_the_whole_process_group_is_stopped(tmp_path: Path) -> None:
     status, _ = run(plan)
     assert status == 0
     (grandchild,) = [int(e.split("-")[1]) for e, _, _ in events(journal) if e.startswith("grand")]
-    assert gone(grandchild)
+    assert process_gone(grandchild)
 
 
 def test_a_preparation_step_runs_before_its_child(tmp_path: Path) -> None:
@@ -250,7 +295,7 @@ def test_a_readiness_timeout_is_named(tmp_path: Path) -> None:
     status, out = run(plan, signal_when_ready=None, ready_timeout_s=1.0)
     assert status == 1
     assert "error: asr was not ready within 1 s (last check: no line with 'never printed')." in out
-    assert all(gone(pid) for _, _, pid in events(journal))
+    assert all(process_gone(pid) for _, _, pid in events(journal))
 
 
 def test_http_readiness_and_the_child_environment(tmp_path: Path) -> None:
@@ -320,7 +365,7 @@ def test_children_get_sigterm_when_the_launcher_is_killed(tmp_path: Path) -> Non
         if launcher.poll() is None:
             launcher.kill()
     # The orphan records "stop" in its SIGTERM handler, then exits: wait for the exit.
-    assert gone(started_pid(journal, "orphan"))
+    assert process_gone(started_pid(journal, "orphan"))
     assert [e for e, _, _ in events(journal)][-1] == "stop"
 
 

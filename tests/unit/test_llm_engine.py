@@ -1,27 +1,26 @@
 """The generation engine on a tiny random-weight Llama with a word-level tokenizer built in the
-test (no files, no server): cancellation stops generation on the model thread, stop strings and
-end tokens end it early, max_tokens ends it on length."""
+test (no files, no server), on both paths (continuous batch, one-at-a-time generate()):
+cancellation stops generation on the model thread, stop strings and end tokens end it early,
+max_tokens ends it on length. tests/unit/test_llm_batching.py covers calls sharing the batch."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import WhitespaceSplit
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, StoppingCriteria
 
 from llmvox_common._proto.llmvox.llm.v1 import llm_pb2
 from llmvox_llm.adapters.base import PreparedPrompt
 from llmvox_llm.engine import Finished, GenerationEngine, TextDelta
-from llmvox_llm.requests import Sampling
+
+from .tiny_llm import greedy, random_llama, word_tokenizer
 
 pytestmark = pytest.mark.unit
 
@@ -40,26 +39,17 @@ class TinyAdapter:
 
 @pytest.fixture(scope="module")
 def adapter() -> TinyAdapter:
-    words = {"[UNK]": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
-    backend = Tokenizer(WordLevel(words, unk_token="[UNK]"))
-    backend.pre_tokenizer = WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>", pad_token="<eos>"
-    )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
+    tokenizer = word_tokenizer(VOCAB)
+    model = random_llama(
+        VOCAB,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=32768,
-        bos_token_id=None,
-        eos_token_id=1,
-        pad_token_id=1,
     )
-    return TinyAdapter(LlamaForCausalLM(config).eval(), tokenizer)
+    return TinyAdapter(model, tokenizer)
 
 
 def prompt(tokenizer: Any) -> PreparedPrompt:
@@ -70,13 +60,22 @@ def prompt(tokenizer: Any) -> PreparedPrompt:
     )
 
 
-def greedy(max_tokens: int, stop: tuple[str, ...] = ()) -> Sampling:
-    return Sampling(temperature=0.0, top_p=1.0, top_k=0, max_tokens=max_tokens, stop=stop)
+@pytest.fixture(params=["batched", "serial"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Every test runs on both paths: the continuous batch and one-at-a-time generate()."""
+    return str(request.param)
 
 
-def engine_for(adapter: TinyAdapter, eos_ids: set[int] | None = None) -> GenerationEngine:
+def engine_for(
+    adapter: TinyAdapter, mode: str, eos_ids: set[int] | None = None
+) -> GenerationEngine:
     # No end tokens by default: a random model would otherwise stop whenever it likes.
-    return GenerationEngine(adapter, eos_ids or set(), set())  # type: ignore[arg-type]
+    return GenerationEngine(
+        adapter,  # type: ignore[arg-type]
+        eos_ids or set(),
+        set(),
+        batching=mode == "batched",
+    )
 
 
 # Bounds for waits that only a broken engine reaches; a passing test never waits this long.
@@ -85,44 +84,35 @@ TIMEOUT_S = 60
 
 @dataclass
 class Hold:
-    """Where generation is held on the model thread: just after token number `at` is generated
-    and before the engine's stopping criterion handles it. `reached` is set once the model
-    thread waits there, `release` lets it go on; `generated` collects each generate() call's
-    token count. With it a test knows exactly which token the engine handles first after a
-    cancellation, instead of racing the model thread."""
+    """Where generation is held on the model thread: at the start of the model's forward pass
+    number `at`, i.e. tokens 1..at-1 are generated and handled, token `at` is not computed yet.
+    `reached` is set once the model thread waits there, `release` lets it go on; `forwards`
+    counts the forward passes. With it a test knows exactly which token the engine handles
+    first after a cancellation, instead of racing the model thread."""
 
     at: int
     reached: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
-    generated: list[int] = field(default_factory=list)
+    forwards: int = 0
 
 
-class HoldAt(StoppingCriteria):
-    def __init__(self, hold: Hold) -> None:
-        self.hold = hold
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        if input_ids.shape[1] == PROMPT_TOKENS + self.hold.at:
-            self.hold.reached.set()
-            self.hold.release.wait(TIMEOUT_S)
-        never = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        return never  # type: ignore[return-value]  # BoolTensor is a typing-only alias
-
-
-def hold_generation(adapter: TinyAdapter, at: int) -> Hold:
-    """Wraps the model's generate (undone with `del adapter.model.generate`) to hold it."""
+@contextlib.contextmanager
+def hold_generation(adapter: TinyAdapter, at: int) -> Iterator[Hold]:
+    """A forward pre-hook on the model (both paths call the model once per token)."""
     hold = Hold(at)
-    original = adapter.model.generate
 
-    def held_generate(**kwargs: Any) -> Any:
-        # First in the list: generate() asks the criteria in order, the engine's comes after.
-        kwargs["stopping_criteria"].insert(0, HoldAt(hold))
-        output = original(**kwargs)
-        hold.generated.append(output.shape[1] - PROMPT_TOKENS)
-        return output
+    def before_forward(module: Any, args: Any, kwargs: Any) -> None:
+        hold.forwards += 1
+        if hold.forwards == hold.at:
+            hold.reached.set()
+            hold.release.wait(TIMEOUT_S)
 
-    adapter.model.generate = held_generate
-    return hold
+    handle = adapter.model.register_forward_pre_hook(before_forward, with_kwargs=True)
+    try:
+        yield hold
+    finally:
+        hold.release.set()
+        handle.remove()
 
 
 def record_jobs(
@@ -143,8 +133,8 @@ def record_jobs(
     return jobs
 
 
-def test_max_tokens_ends_on_length(adapter: TinyAdapter) -> None:
-    engine = engine_for(adapter)
+def test_max_tokens_ends_on_length(adapter: TinyAdapter, mode: str) -> None:
+    engine = engine_for(adapter, mode)
     try:
         text, finished = engine.run_blocking(prompt(adapter.tokenizer), greedy(7))
     finally:
@@ -155,12 +145,12 @@ def test_max_tokens_ends_on_length(adapter: TinyAdapter) -> None:
     assert len(text.split()) == 7
 
 
-def test_an_end_token_ends_with_eos_and_is_not_in_the_text(adapter: TinyAdapter) -> None:
-    engine = engine_for(adapter)
+def test_an_end_token_ends_with_eos_and_is_not_in_the_text(adapter: TinyAdapter, mode: str) -> None:
+    engine = engine_for(adapter, mode)
     first_word = engine.run_blocking(prompt(adapter.tokenizer), greedy(1))[0].split()[0]
     engine.close()
     eos = adapter.tokenizer.convert_tokens_to_ids(first_word)
-    engine = engine_for(adapter, eos_ids={eos})
+    engine = engine_for(adapter, mode, eos_ids={eos})
     try:
         text, finished = engine.run_blocking(prompt(adapter.tokenizer), greedy(10))
     finally:
@@ -170,8 +160,8 @@ def test_an_end_token_ends_with_eos_and_is_not_in_the_text(adapter: TinyAdapter)
     assert text == ""
 
 
-def test_a_stop_string_halts_generation_at_once(adapter: TinyAdapter) -> None:
-    engine = engine_for(adapter)
+def test_a_stop_string_halts_generation_at_once(adapter: TinyAdapter, mode: str) -> None:
+    engine = engine_for(adapter, mode)
     try:
         full, _ = engine.run_blocking(prompt(adapter.tokenizer), greedy(12))
         words = full.split()
@@ -185,15 +175,13 @@ def test_a_stop_string_halts_generation_at_once(adapter: TinyAdapter) -> None:
     assert finished.completion_tokens == len(full[: full.index(stop) + len(stop)].split())
 
 
-def test_cancelling_the_stream_stops_generation_on_the_model_thread(adapter: TinyAdapter) -> None:
-    engine = engine_for(adapter)
+def test_cancelling_the_stream_stops_generation_on_the_model_thread(
+    adapter: TinyAdapter, mode: str
+) -> None:
+    engine = engine_for(adapter, mode)
     jobs = record_jobs(engine)
-    # Two tokens reach the client, the 3rd is held until the stream is cancelled: it is the
-    # first the engine handles after the cancel, so generation must end right there, far from
-    # max_tokens.
-    hold = hold_generation(adapter, at=3)
 
-    async def scenario() -> tuple[list[str], Any]:
+    async def scenario(hold: Hold) -> tuple[list[str], Any]:
         received: list[str] = []
         got_two = asyncio.Event()
 
@@ -215,25 +203,24 @@ def test_cancelling_the_stream_stops_generation_on_the_model_thread(adapter: Tin
         outcome = await asyncio.wait_for(asyncio.wrap_future(jobs[0]), timeout=TIMEOUT_S)
         return received, outcome
 
+    # Two tokens reach the client, the 3rd is held before it is computed until the stream is
+    # cancelled: it is the first the engine handles after the cancel, so generation must end
+    # right there, far from max_tokens.
     try:
-        received, outcome = asyncio.run(scenario())
+        with hold_generation(adapter, at=3) as hold:
+            received, outcome = asyncio.run(scenario(hold))
     finally:
-        del adapter.model.generate
-        hold.release.set()
         engine.close()
     assert len(received) == 2
     assert outcome is None  # the job reports a cancelled call, not a Finished
-    assert hold.generated == [3]
+    assert hold.forwards == 3
     assert engine.idle
 
 
-def test_a_call_cancelled_while_waiting_never_generates(adapter: TinyAdapter) -> None:
-    engine = engine_for(adapter)
-    # The running call holds the model thread at its 1st token until both calls are cancelled,
-    # so the queued one is cancelled while it waits, never after it started.
-    hold = hold_generation(adapter, at=1)
+def test_a_call_cancelled_while_waiting_never_generates(adapter: TinyAdapter, mode: str) -> None:
+    engine = engine_for(adapter, mode)
 
-    async def scenario() -> list[Any]:
+    async def scenario(hold: Hold) -> list[Any]:
         queued_submitted = asyncio.Event()
         jobs = record_jobs(engine, lambda n: queued_submitted.set() if n == 2 else None)
 
@@ -256,19 +243,20 @@ def test_a_call_cancelled_while_waiting_never_generates(adapter: TinyAdapter) ->
         ended = asyncio.gather(*(asyncio.wrap_future(job) for job in jobs))
         return await asyncio.wait_for(ended, timeout=TIMEOUT_S)
 
+    # The running call holds the model thread before its 1st token until both calls are
+    # cancelled, so the queued one is cancelled while it waits, never after it started.
     try:
-        outcomes = asyncio.run(scenario())
+        with hold_generation(adapter, at=1) as hold:
+            outcomes = asyncio.run(scenario(hold))
     finally:
-        del adapter.model.generate
-        hold.release.set()
         engine.close()
     assert outcomes == [None, None]  # both calls ended as cancelled
-    assert hold.generated == [1]  # one generate() call, the running one, stopped at the cancel
+    assert hold.forwards == 1  # one forward pass, the running call's, then the cancel
     assert engine.idle
 
 
-def test_stream_ends_with_one_finished_after_the_deltas(adapter: TinyAdapter) -> None:
-    engine = engine_for(adapter)
+def test_stream_ends_with_one_finished_after_the_deltas(adapter: TinyAdapter, mode: str) -> None:
+    engine = engine_for(adapter, mode)
 
     async def scenario() -> list[TextDelta | Finished]:
         return [event async for event in engine.stream(prompt(adapter.tokenizer), greedy(4))]

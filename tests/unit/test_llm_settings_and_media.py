@@ -89,8 +89,16 @@ def test_upstream_flag_names_are_aliases() -> None:
 def test_out_of_range_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="top_p"):
         serve_settings("--top_p", "0")
-    with pytest.raises(ValueError, match="max_concurrency"):
-        serve_settings("--max_concurrency", "0")
+    with pytest.raises(ValueError, match="max_batch"):
+        serve_settings("--max_batch", "0")
+    with pytest.raises(ValueError, match="max_queue"):
+        serve_settings("--max_queue", "-1")
+
+
+def test_batch_and_queue_bounds_come_from_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMVOX_LLM_MAX_QUEUE", "3")
+    settings = serve_settings("--max_batch", "5")
+    assert (settings.max_batch, settings.max_queue) == (5, 3)
 
 
 def png(size: tuple[int, int] = (8, 6), mode: str = "RGB") -> bytes:

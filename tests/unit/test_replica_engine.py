@@ -102,8 +102,9 @@ def test_context_makes_chunk_joins_closer_to_whole_sentence_decoding(tiny) -> No
     joined_context = torch.cat([p.pcm for p in with_context])
     assert joined_plain.shape == joined_context.shape == (len(tokens) * HOP_LENGTH,)
     # Chunks still miss the frames after them (the vocoder looks both ways), so the gain is
-    # bounded; measured here: 5.1 dB without context, 7.6 dB with 24 tokens, 8.6 dB with 96.
-    assert snr_db(whole, joined_context) > snr_db(whole, joined_plain) + 2.0
+    # bounded; measured here (tiny profile with its speech-fitted codebook, seed 1): 0.7 dB
+    # without context, 2.4 dB with 24 tokens; seed 0 gives 2.6, 4.6 and 5.6 dB with 96.
+    assert snr_db(whole, joined_context) > snr_db(whole, joined_plain) + 1.0
     more = torch.cat([p.pcm for p in run_alone(tiny, text, context=96)])
     assert snr_db(whole, more) > snr_db(whole, joined_context)
 
@@ -120,8 +121,9 @@ def test_holdback_mends_chunk_ends_and_keeps_every_token(tiny) -> None:
     assert held[-1].last
     joined = torch.cat([p.pcm for p in held])
     assert joined.shape == whole.shape
-    # Measured: 5.1 dB plain, 7.6 dB with context only, 10.4 dB with the hold-back on top.
-    assert snr_db(whole, joined) > snr_db(whole, context_only) + 2.0
+    # Measured (tiny profile with its speech-fitted codebook, seed 1): 0.7 dB plain, 2.4 dB with
+    # context only, 3.0 dB with the hold-back on top (random codebook: 5.1, 7.6, 10.4 dB).
+    assert snr_db(whole, joined) > snr_db(whole, context_only) + 0.4
 
 
 def test_batched_equals_alone_with_context_and_holdback(tiny) -> None:
@@ -143,3 +145,105 @@ def test_batched_equals_alone_with_context_and_holdback(tiny) -> None:
         assert [p.tokens for p in got[t]] == [p.tokens for p in ref]
         for a, b in zip(got[t], ref, strict=True):
             torch.testing.assert_close(a.pcm, b.pcm, atol=1e-5, rtol=1e-4)
+
+
+# -- batch invariance: a job regenerated after a crash must repeat the tokens already sent --------
+
+
+def _speech_decoder(decoder, text_dim: int, codebook_dim: int, slots: int, seed: int = 0):
+    from llmvox_tts.model.speech_decoder import SpeechTokenDecoder
+
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.randn(384, text_dim, generator=generator)
+    codebook = torch.randn(decoder.config.vocab_size, codebook_dim, generator=generator)
+    return SpeechTokenDecoder(decoder, table, codebook, num_slots=slots)
+
+
+def _decode_mix(make, jobs: dict[int, list[int]], watched: int) -> list[torch.Tensor]:
+    """Step the jobs {slot: text ids} together (each leaves when its ids run out) and return the
+    logits of slot `watched` at each of its steps."""
+    speech = make()
+    logits: list[torch.Tensor] = []
+    original = speech.decoder.decode_step
+
+    def recording(x, cache, slots=None):
+        out = original(x, cache, slots)
+        logits.append(out[slots.index(watched)].clone())
+        return out
+
+    for slot in jobs:
+        speech.start_segment(slot)
+    speech.decoder.decode_step = recording  # type: ignore[method-assign]
+    try:
+        for step in range(max(len(ids) for ids in jobs.values())):
+            slots = [s for s, ids in jobs.items() if step < len(ids)]
+            if watched not in slots:
+                break
+            speech.step(slots, [jobs[s][step] for s in slots])
+    finally:
+        del speech.decoder.decode_step
+    return logits
+
+
+def _assert_batch_invariant(make, slots: int, steps: int, mixes: int, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    watched_ids = [rng.randrange(384) for _ in range(steps)]
+    alone = _decode_mix(make, {0: watched_ids}, 0)
+    for _ in range(mixes):
+        size = rng.randrange(2, slots + 1)
+        chosen = rng.sample(range(slots), size)
+        # Others of other lengths: some leave before the watched job ends, some outlive it
+        # (longer key spans in the step than its own).
+        jobs = {s: [rng.randrange(384) for _ in range(rng.randrange(3, 2 * steps))] for s in chosen}
+        jobs[chosen[0]] = watched_ids
+        got = _decode_mix(make, jobs, chosen[0])
+        assert len(got) == len(alone)
+        for step, (a, b) in enumerate(zip(alone, got, strict=True)):
+            assert torch.equal(a, b), f"logits differ at step {step} in a batch of {size}"
+
+
+def test_decoding_is_batch_invariant_tiny() -> None:
+    """Bit-identical logits (so identical greedy tokens, even at near-ties) whatever batch a
+    sentence lands in: sizes across a ROW_TILE, positions, others joining and leaving, key
+    spans across KEY_BLOCKs."""
+    from llmvox_tts.loading.bundle import random_decoder, tiny_gpt_config
+
+    # lm_head_std of nanoGPT's init: logits close together, as near-ties make flips likely.
+    decoder = random_decoder(tiny_gpt_config(32, 4096, 32), seed=5, lm_head_std=0.02).eval()
+    _assert_batch_invariant(lambda: _speech_decoder(decoder, 32, 32, 24), 24, 150, 6, seed=1)
+
+
+def test_decoding_is_batch_invariant_published_layout() -> None:
+    """The published decoder's shapes (4 layers, 8 heads, 768 wide; random weights)."""
+    from llmvox_tts.loading.bundle import random_decoder
+    from llmvox_tts.model.gpt import GPTConfig
+
+    decoder = random_decoder(GPTConfig(block_size=512), seed=3, lm_head_std=0.02).eval()
+    _assert_batch_invariant(lambda: _speech_decoder(decoder, 256, 512, 20), 20, 70, 2, seed=2)
+
+
+def test_engine_tokens_are_batch_invariant(tiny) -> None:
+    """Through the serving engine: each sentence's tokens alone equal its tokens in a batch
+    whose members join at different steps."""
+    alone = {t: [tok for p in run_alone(tiny, t) for tok in p.tokens] for t in SENTENCES}
+    for order in (SENTENCES, SENTENCES[::-1]):
+        engine = ReplicaEngine(tiny, max_batch=4, limits=LIMITS)
+        got: dict[str, list[int]] = {t: [] for t in SENTENCES}
+        pending = list(order)
+        step = 0
+        while pending or engine.jobs:
+            if pending and step % 4 == 0:
+                text = pending.pop(0)
+                engine.add(text, first_chunk=5, max_chunk=40)
+                for word in text.split():
+                    engine.push_text(text, word)
+                engine.close_text(text)
+            for part in engine.step():
+                got[part.job].extend(part.tokens)
+                if part.last:
+                    engine.remove(part.job)
+            step += 1
+            assert step < 5000
+        assert got == alone

@@ -261,6 +261,13 @@ def test_heartbeat_round_trip() -> None:
     assert Heartbeat.decode(beat.encode().encode()) == beat  # as redis returns it
 
 
+def test_heartbeat_carries_the_numerics_in_effect() -> None:
+    beat = Heartbeat(at_ms=1.0, profile="published", precision="int8", vocoder_precision="bf16")
+    assert Heartbeat.decode(beat.encode()) == beat
+    # A replica from before these fields reads as unknown numerics.
+    assert Heartbeat.decode(b'{"at_ms": 1, "profile": "tiny"}').precision is None
+
+
 @pytest.mark.parametrize(
     "value", [b"1750000000123", b"not json", b'["at_ms"]', b'{"at_ms": true}', b"\xff"]
 )

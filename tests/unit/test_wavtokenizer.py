@@ -468,3 +468,33 @@ def test_published_size_random_decode_is_finite():
         wav = model.decode(torch.randint(0, 4096, (1, 75)))
     assert wav.shape == (1, 24_000)
     assert torch.isfinite(wav).all()
+
+
+def test_tiny_profile_codebook_spreads_speech_over_many_codes():
+    """The tiny profile's codebook is fitted to its encoder's outputs on speech-like sound; a
+    random codebook put almost every frame of speech on a handful of codes (7 distinct codes
+    for 624 frames of espeak speech, 70 % one code)."""
+    from llmvox_tts.loading.bundle import tiny_wavtokenizer
+    from llmvox_tts.model.wavtokenizer.random_init import speech_like_waveform
+
+    wt = tiny_wavtokenizer(0)
+    # Other sound than the codebook was fitted on (another seed): 10 s, 750 frames.
+    audio = speech_like_waveform(10.0, seed=12345)
+    with torch.inference_mode():
+        codes = wt.encode(audio, 24_000)[0]
+    counts = torch.bincount(codes, minlength=4096)
+    # Measured: espeak speech gives 729 distinct codes over 15 588 frames, the top one 17 %.
+    assert int((counts > 0).sum()) > 150
+    assert counts.max().item() / codes.numel() < 0.3
+    assert torch.equal(tiny_wavtokenizer(0).codebook, wt.codebook)  # deterministic
+
+
+def test_speech_like_waveform_is_seeded_and_bounded():
+    from llmvox_tts.model.wavtokenizer.random_init import speech_like_waveform
+
+    a = speech_like_waveform(2.0, seed=3)
+    assert a.shape == (48_000,)
+    assert a.dtype == torch.float32
+    assert torch.equal(a, speech_like_waveform(2.0, seed=3))
+    assert not torch.equal(a, speech_like_waveform(2.0, seed=4))
+    assert a.abs().max() <= 1.0

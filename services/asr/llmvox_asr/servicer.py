@@ -8,6 +8,7 @@ buffer, and the next partial starts only after the previous one has finished.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -48,8 +49,22 @@ def transcript_message(transcript: Transcript) -> asr_pb2.Transcript:
     return asr_pb2.Transcript(
         text=transcript.text,
         segments=[
-            asr_pb2.Segment(text=s.text, start_s=s.start_s, end_s=s.end_s)
+            asr_pb2.Segment(
+                text=s.text,
+                start_s=s.start_s,
+                end_s=s.end_s,
+                seek=s.seek,
+                tokens=s.tokens,
+                temperature=s.temperature,
+                avg_logprob=s.avg_logprob,
+                compression_ratio=s.compression_ratio,
+                no_speech_prob=s.no_speech_prob,
+            )
             for s in transcript.segments
+        ],
+        words=[
+            asr_pb2.Word(text=w.text, start_s=w.start_s, end_s=w.end_s, probability=w.probability)
+            for w in transcript.words
         ],
         language=transcript.language,
         language_probability=transcript.language_probability,
@@ -81,7 +96,16 @@ class AsrServicer(asr_pb2_grpc.AsrServiceServicer):
             raise InvalidArgument(
                 f"unknown task {config.task}: use TASK_TRANSCRIBE or TASK_TRANSLATE"
             )
-        return transcriber.options(config.language, task, config.target_language)
+        options = transcriber.options(config.language, task, config.target_language)
+        temperature = config.temperature if config.HasField("temperature") else None
+        if temperature is not None and not 0.0 <= temperature <= 1.0:
+            raise InvalidArgument(f"temperature must be between 0 and 1 (got {temperature:g})")
+        return dataclasses.replace(
+            options,
+            prompt=config.prompt.strip(),
+            temperature=temperature,
+            word_timestamps=config.word_timestamps,
+        )
 
     async def _decode(
         self,

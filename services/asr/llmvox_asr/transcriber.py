@@ -41,6 +41,21 @@ class Segment:
     text: str
     start_s: float
     end_s: float
+    # Whisper's own account of the segment (OpenAI's verbose_json reports these).
+    seek: int = 0
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start_s: float
+    end_s: float
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,12 @@ class Transcript:
     language_probability: float
     audio_seconds: float
     processing_seconds: float
+    words: tuple[Word, ...] = ()
+
+
+# Whisper's temperature fallback: a window that decodes badly (repetitive, improbable) is
+# decoded again at the next temperature. Used when a request sets none (or 0, as OpenAI's API).
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,9 @@ class DecodeOptions:
 
     language: str | None
     task: Task
+    prompt: str = ""
+    temperature: float | None = None  # None or 0: FALLBACK_TEMPERATURES
+    word_timestamps: bool = False
 
 
 def _looks_like_path(model: str) -> bool:
@@ -205,17 +229,36 @@ class Transcriber:
         """Decode float32 mono 16 kHz samples. Whisper decodes 30 s windows one after the other;
         `should_stop` is asked between windows, so a cancelled call stops within one window."""
         started = time.perf_counter()
+        temperature = options.temperature
         segments_iter, info = self.model.transcribe(
             samples,
             language=options.language,
             task=options.task,
             beam_size=self.beam_size,
             vad_filter=vad,
+            initial_prompt=options.prompt or None,
+            temperature=temperature or list(FALLBACK_TEMPERATURES),
+            word_timestamps=options.word_timestamps,
         )
         segments: list[Segment] = []
+        words: list[Word] = []
         for segment in segments_iter:
             segments.append(
-                Segment(text=segment.text.strip(), start_s=segment.start, end_s=segment.end)
+                Segment(
+                    text=segment.text.strip(),
+                    start_s=segment.start,
+                    end_s=segment.end,
+                    seek=int(segment.seek),
+                    tokens=tuple(int(t) for t in segment.tokens),
+                    temperature=float(segment.temperature or 0.0),
+                    avg_logprob=float(segment.avg_logprob),
+                    compression_ratio=float(segment.compression_ratio),
+                    no_speech_prob=float(segment.no_speech_prob),
+                )
+            )
+            words.extend(
+                Word(w.word.strip(), float(w.start), float(w.end), float(w.probability))
+                for w in segment.words or ()
             )
             if should_stop():
                 raise TranscriptionStopped("decode stopped early")
@@ -226,6 +269,7 @@ class Transcriber:
             language_probability=float(info.language_probability),
             audio_seconds=len(samples) / WHISPER_SAMPLE_RATE,
             processing_seconds=time.perf_counter() - started,
+            words=tuple(words),
         )
 
     def warm_up(self, *, vad: bool = True) -> None:

@@ -13,6 +13,7 @@ ends with a part that carries `error` and `error_kind` (and `last` = 1, no sampl
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -51,16 +52,25 @@ __all__ = [
 @dataclass(frozen=True)
 class Heartbeat:
     """The value of a replica's heartbeat key: when it was written and what the replica runs,
-    as JSON `{"at_ms", "profile", "untrained"}`. A value that is not such an object reads as
-    all unknown: the key's existence still says the replica lives."""
+    as JSON `{"at_ms", "profile", "untrained", "precision", "vocoder_precision"}` (the last two:
+    the numerics in effect, e.g. int8 / bf16, or fp32 / fp32 for the exact mode). A value that is
+    not such an object reads as all unknown: the key's existence still says the replica lives."""
 
     at_ms: float | None = None
     profile: str | None = None
     untrained: bool = False
+    precision: str | None = None
+    vocoder_precision: str | None = None
 
     def encode(self) -> str:
         return json.dumps(
-            {"at_ms": self.at_ms, "profile": self.profile, "untrained": self.untrained}
+            {
+                "at_ms": self.at_ms,
+                "profile": self.profile,
+                "untrained": self.untrained,
+                "precision": self.precision,
+                "vocoder_precision": self.vocoder_precision,
+            }
         )
 
     @classmethod
@@ -73,10 +83,14 @@ class Heartbeat:
             return cls()
         at_ms = beat.get("at_ms")
         profile = beat.get("profile")
+        precision = beat.get("precision")
+        vocoder_precision = beat.get("vocoder_precision")
         return cls(
             at_ms=at_ms if isinstance(at_ms, int | float) and not isinstance(at_ms, bool) else None,
             profile=profile if isinstance(profile, str) else None,
             untrained=beat.get("untrained") is True,
+            precision=precision if isinstance(precision, str) else None,
+            vocoder_precision=vocoder_precision if isinstance(vocoder_precision, str) else None,
         )
 
 
@@ -100,16 +114,16 @@ def cancels_seq(flag: bytes | str | None, seq: int) -> bool:
     every job of the session; a number N covers the jobs with seq <= N."""
     if flag is None:
         return False
-    text = flag.decode() if isinstance(flag, bytes) else flag
-    try:
-        return seq <= int(text)
-    except ValueError:
+    raw = flag if isinstance(flag, bytes) else flag.encode("utf-8", "surrogateescape")
+    if _INT.fullmatch(raw.strip()) is None:
         return True
+    return seq <= int(raw)
 
 
 class JobFormatError(ValueError):
-    """A job entry that cannot be served; an error part can be sent when both `reply_to` and
-    `seq` are known."""
+    """A job (or part) entry that cannot be served, with the reason; for a job, an error part can
+    be sent when both `reply_to` and `seq` are known. The parsers raise nothing else, whatever the
+    entry holds (a replica must never die of a job's content)."""
 
     def __init__(self, reason: str, reply_to: str | None = None, seq: int | None = None) -> None:
         super().__init__(reason)
@@ -118,24 +132,72 @@ class JobFormatError(ValueError):
         self.seq = seq
 
 
-def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str | None:
+# Integers are plain ASCII decimals of at most 18 digits: int() alone would also take " 7", "+7",
+# "1_000" and other scripts' digits, and fail on thousands of digits with a different error.
+_INT = re.compile(rb"-?[0-9]{1,18}")
+_MAX_CHUNK_TOKENS = 1 << 20  # far above any real part size; bounds what a job can ask for
+
+
+def _raw(fields: Mapping[bytes | str, bytes | str], name: str) -> bytes | None:
+    """A field's value as bytes, whether the client decodes responses or not. The same name as
+    both str and bytes with different values (only a hand-built mapping can do that) is
+    refused rather than guessed."""
+    values = []
     for key in (name, name.encode()):
         if key in fields:
             value = fields[key]  # type: ignore[index]
-            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-    return None
+            if isinstance(value, bytes):
+                values.append(value)
+            elif isinstance(value, str):
+                values.append(value.encode("utf-8", "surrogateescape"))
+            else:
+                values.append(str(value).encode())
+    if len(values) == 2 and values[0] != values[1]:
+        raise JobFormatError(f"field {name!r} given twice with different values")
+    return values[0] if values else None
+
+
+def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str | None:
+    raw = _raw(fields, name)
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JobFormatError(f"field {name!r} is not valid UTF-8") from None
 
 
 def _int(fields: Mapping[bytes | str, bytes | str], name: str, default: int | None = None) -> int:
-    raw = _text(fields, name)
-    if raw is None or raw == "":
+    raw = _raw(fields, name)
+    if raw is None or raw == b"":
         if default is None:
             raise JobFormatError(f"missing field {name!r}")
         return default
+    if _INT.fullmatch(raw) is None:
+        shown = raw[:40].decode("utf-8", "replace")
+        raise JobFormatError(f"field {name!r} is not an integer: {shown!r}")
+    return int(raw)
+
+
+def _seq_or_none(fields: Mapping[bytes | str, bytes | str]) -> int | None:
+    """The job's seq when it is a valid one, else None (no error part can be placed)."""
     try:
-        return int(raw)
-    except ValueError as error:
-        raise JobFormatError(f"field {name!r} is not an integer: {raw!r}") from error
+        seq = _int(fields, "seq")
+    except JobFormatError:
+        return None
+    return seq if seq >= 0 else None
+
+
+def _reply_to_or_none(fields: Mapping[bytes | str, bytes | str]) -> str | None:
+    """`reply_to` when parts may be written to it: an audio stream key. Anything else (the jobs
+    stream itself, a heartbeat key, bytes that are not UTF-8) is no place to write."""
+    try:
+        reply_to = _text(fields, "reply_to")
+    except JobFormatError:
+        return None
+    if not reply_to or not reply_to.startswith(AUDIO_KEY_PREFIX) or len(reply_to) > 1024:
+        return None
+    return reply_to
 
 
 @dataclass(frozen=True)
@@ -169,42 +231,56 @@ class TTSJob:
 
     @classmethod
     def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> TTSJob:
-        """Parse and check a job entry; raises JobFormatError with the reason."""
-        reply_to = _text(fields, "reply_to") or None
-        seq_raw = _text(fields, "seq")
-        # An error part can only be placed when the job's seq is known and valid.
-        seq = int(seq_raw) if seq_raw is not None and seq_raw.isdigit() else None
+        """Parse and check a job entry; raises JobFormatError with the reason, and nothing else
+        whatever the entry holds."""
+        reply_to = _reply_to_or_none(fields)
+        seq = _seq_or_none(fields)  # an error part can only be placed with a valid seq
         try:
-            session = _text(fields, "session")
-            if not session:
-                raise JobFormatError("missing field 'session'")
-            if not reply_to:
-                raise JobFormatError("missing field 'reply_to'")
-            text = _text(fields, "text")
-            stream = _text(fields, "text_stream")
-            if (text is None) == (stream is None):
-                raise JobFormatError("a job needs exactly one of 'text' and 'text_stream'")
-            job = cls(
-                session=session,
-                seq=_int(fields, "seq"),
-                reply_to=reply_to,
-                first_chunk=_int(fields, "first_chunk", DEFAULT_FIRST_CHUNK),
-                max_chunk=_int(fields, "max_chunk", DEFAULT_MAX_CHUNK),
-                deadline_ms=_int(fields, "deadline_ms", 0),
-                text=text,
-                text_stream=stream or None,
-            )
+            job = cls._parse(fields)
         except JobFormatError as error:
             raise JobFormatError(error.reason, reply_to, seq) from None
-        if job.seq < 0:
-            raise JobFormatError("'seq' must be >= 0", reply_to, None)
-        if job.first_chunk < 1 or job.max_chunk < 1:
-            raise JobFormatError("'first_chunk' and 'max_chunk' must be >= 1", reply_to, job.seq)
-        if text is not None and not text.strip():
-            raise JobFormatError("empty text", reply_to, job.seq)
-        if stream is not None and not stream.strip():
-            raise JobFormatError("empty 'text_stream' key", reply_to, job.seq)
         return job
+
+    @classmethod
+    def _parse(cls, fields: Mapping[bytes | str, bytes | str]) -> TTSJob:
+        session = _text(fields, "session")
+        if not session:
+            raise JobFormatError("missing field 'session'")
+        reply_to = _text(fields, "reply_to")
+        if not reply_to:
+            raise JobFormatError("missing field 'reply_to'")
+        if _reply_to_or_none(fields) is None:
+            raise JobFormatError(f"'reply_to' must be an audio stream key ({AUDIO_KEY_PREFIX}...)")
+        text = _text(fields, "text")
+        stream = _text(fields, "text_stream")
+        if (text is None) == (stream is None):
+            raise JobFormatError("a job needs exactly one of 'text' and 'text_stream'")
+        seq = _int(fields, "seq")
+        first_chunk = _int(fields, "first_chunk", DEFAULT_FIRST_CHUNK)
+        max_chunk = _int(fields, "max_chunk", DEFAULT_MAX_CHUNK)
+        deadline_ms = _int(fields, "deadline_ms", 0)
+        if seq < 0:
+            raise JobFormatError("'seq' must be >= 0")
+        if first_chunk < 1 or max_chunk < 1:
+            raise JobFormatError("'first_chunk' and 'max_chunk' must be >= 1")
+        if first_chunk > _MAX_CHUNK_TOKENS or max_chunk > _MAX_CHUNK_TOKENS:
+            raise JobFormatError(f"'first_chunk' and 'max_chunk' must be <= {_MAX_CHUNK_TOKENS}")
+        if deadline_ms < 0:
+            raise JobFormatError("'deadline_ms' must be >= 0 (0 = none)")
+        if text is not None and not text.strip():
+            raise JobFormatError("empty text")
+        if stream is not None and not stream.strip():
+            raise JobFormatError("empty 'text_stream' key")
+        return cls(
+            session=session,
+            seq=seq,
+            reply_to=reply_to,
+            first_chunk=first_chunk,
+            max_chunk=max_chunk,
+            deadline_ms=deadline_ms,
+            text=text,
+            text_stream=stream or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -239,11 +315,13 @@ class AudioPart:
     @classmethod
     def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> AudioPart:
         pcm = fields.get(b"pcm", fields.get("pcm", b""))  # type: ignore[call-overload]
+        if not isinstance(pcm, bytes):  # a client that decodes responses: latin-1 round-trips
+            pcm = str(pcm).encode("latin-1", "replace")
         return cls(
             seq=_int(fields, "seq"),
             part=_int(fields, "part"),
             last=_int(fields, "last", 0) == 1,
-            pcm=pcm if isinstance(pcm, bytes) else str(pcm).encode("latin-1"),
+            pcm=pcm,
             tokens=_int(fields, "tokens", 0),
             worker=_text(fields, "worker") or "",
             error=_text(fields, "error"),

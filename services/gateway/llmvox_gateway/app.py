@@ -16,8 +16,10 @@ from fastapi.staticfiles import StaticFiles
 from . import metrics
 from .errors import GatewayError
 from .http_api import protected, router
+from .realtime import router as realtime_router
 from .runtime import GatewayRuntime
 from .settings import GatewaySettings
+from .transcriptions import router as transcriptions_router
 from .ws_api import router as ws_router
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app.include_router(router)
     app.include_router(protected)
+    app.include_router(transcriptions_router)
     app.include_router(ws_router)
+    app.include_router(realtime_router)
 
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")

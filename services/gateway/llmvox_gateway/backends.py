@@ -4,6 +4,8 @@ and the real gRPC clients of the ASR and LLM services (the TTS side is `llmvox_c
 Turns and sessions depend on the Protocols only, so tests drive them with in-memory fakes.
 Errors leave the gRPC clients as `GatewayError`; cancelling the awaiting task cancels the call,
 which stops the generation on the LLM server (its handler sees the cancellation).
+An OpenAI-compatible chat server is the other `LlmClient` (`openai_llm.OpenAiLlm`, chosen by the
+`llm_backend` setting in `runtime.llm_client`), with the same errors and cancellation.
 """
 
 from __future__ import annotations
@@ -296,15 +298,44 @@ class AsrBackend(_Backend):
     async def recognize(
         self, pcm16: bytes, sample_rate: int, *, language: str, target_language: str = ""
     ) -> Transcript:
-        request = asr_pb2.RecognizeRequest(
-            config=self._config(sample_rate, language, target_language, False), audio=pcm16
+        config = self._config(sample_rate, language, target_language, False)
+        transcript = await self._recognize(config, pcm16)
+        return Transcript(transcript.text.strip(), transcript.language, transcript.audio_seconds)
+
+    async def transcribe_clip(
+        self,
+        pcm16: bytes,
+        sample_rate: int,
+        *,
+        language: str,
+        translate: bool,
+        prompt: str = "",
+        temperature: float | None = None,
+        word_timestamps: bool = False,
+    ) -> asr_pb2.Transcript:
+        """The ASR's whole answer for one clip, segments and timings included (the
+        OpenAI-compatible transcription endpoints render it)."""
+        config = asr_pb2.RecognitionConfig(
+            sample_rate_hz=sample_rate,
+            language="" if language in ("", "auto") else language,
+            task=asr_pb2.TASK_TRANSLATE if translate else asr_pb2.TASK_TRANSCRIBE,
+            prompt=prompt,
+            word_timestamps=word_timestamps,
         )
+        if temperature is not None:
+            config.temperature = temperature
+        return await self._recognize(config, pcm16)
+
+    async def _recognize(
+        self, config: asr_pb2.RecognitionConfig, pcm16: bytes
+    ) -> asr_pb2.Transcript:
+        """One `Recognize` call on a whole clip; a gRPC failure becomes the gateway's error."""
+        request = asr_pb2.RecognizeRequest(config=config, audio=pcm16)
         try:
             reply = await self._stub.Recognize(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
             raise from_grpc("asr", error) from None
-        transcript = reply.transcript
-        return Transcript(transcript.text.strip(), transcript.language, transcript.audio_seconds)
+        return reply.transcript
 
     def stream(
         self, sample_rate: int, *, language: str, on_partial: Callable[[str], object]

@@ -5,12 +5,14 @@ Each endpoint validates its body, says what to speak (a `TextSource`, after a `T
 for spoken questions) and hands it to `_stream_turn`, which reserves a session slot and runs one
 `Turn` (turn.py): the steps that can still fail with a status code (ASR, the LLM's first token)
 run before the status is sent, which is at the first audio; the stream closes when the answer is
-done. A client that disconnects closes the turn's event stream, which cancels the turn (LLM call
-and TTS jobs).
+done. A turn that fails after that aborts the connection (`StreamAborted`: no terminating chunk),
+so the client sees an error, never a short body that looks complete. A client that disconnects
+closes the turn's event stream, which cancels the turn (LLM call and TTS jobs).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,12 +24,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from llmvox_common.constants import SAMPLE_RATE
 
 from . import metrics
-from .audio_format import OutputFormat, encode, streaming_wav_header
+from .audio_format import OutputFormat, encode
 from .auth import require_api_key
 from .backends import AsrClient, ChatMessage, Transcript, TranscriptSource, require
 from .errors import GatewayError, invalid_field
 from .inputs import (
-    SPEECH_FORMATS,
     AudioInput,
     MultimodalChatRequest,
     SpeechRequest,
@@ -39,7 +40,10 @@ from .inputs import (
     decode_images,
 )
 from .runtime import GatewayRuntime
+from .speech_encoding import SPEECH_FORMATS, SpeechStream, check_speed
 from .turn import AudioChunk, LlmText, TextSource, TurnDone, VerbatimText
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 protected = APIRouter(dependencies=[Depends(require_api_key)])
@@ -64,6 +68,26 @@ def _require_chat_type(runtime: GatewayRuntime, endpoint: str, allowed: tuple[st
         )
 
 
+class StreamAborted(Exception):
+    """A streamed response failed after its status was sent. Raised out of the body, it makes
+    the ASGI server drop the connection without the terminating chunk, so HTTP clients raise
+    (incomplete chunked body) instead of taking the truncated audio for the whole answer."""
+
+
+class HideStreamAborted(logging.Filter):
+    """Keeps uvicorn from logging an aborted stream as a crash with a traceback; the gateway
+    logs it itself, on one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:
+            if isinstance(exc, StreamAborted):
+                return False
+            group = exc.exceptions if isinstance(exc, BaseExceptionGroup) else ()
+            exc = next((e for e in group if isinstance(e, StreamAborted)), exc.__cause__)
+        return True
+
+
 def runtime_of(request: Request) -> GatewayRuntime:
     runtime: GatewayRuntime = request.app.state.runtime
     return runtime
@@ -78,8 +102,10 @@ async def _stream_turn(
     fmt: OutputFormat = "float32",
     media_type: str = "application/octet-stream",
     header: bytes = b"",
+    encoder: SpeechStream | None = None,
 ) -> Response:
-    """Run a turn behind a session slot; errors before the first audio keep their status."""
+    """Run a turn behind a session slot; errors before the first audio keep their status.
+    `encoder`, when given, encodes the audio instead of `fmt` and owns the stream's end."""
     if not runtime.limiter.try_acquire():
         raise GatewayError(
             429, "busy", f"too many sessions (max_sessions={runtime.settings.max_sessions})"
@@ -113,11 +139,24 @@ async def _stream_turn(
                     metrics.INTER_CHUNK_GAP.observe(now - last_sent)
                 last_sent = now
                 metrics.AUDIO_SECONDS.inc(item.samples / SAMPLE_RATE)
-                yield encode(item.pcm, fmt)
+                data = encode(item.pcm, fmt) if encoder is None else await encoder.feed(item.pcm)
+                if data:  # a compressed encoder may hold a part back until a frame fills
+                    yield data
                 item = await anext(events)
                 while not isinstance(item, AudioChunk | TurnDone):
                     item = await anext(events)
+            if item.status != "completed":
+                reason = item.error.body()["error"] if item.error is not None else item.status
+                log.warning("session %s: stream aborted after the first audio: %s", session, reason)
+                metrics.ERRORS.labels(endpoint, "aborted").inc()
+                raise StreamAborted(f"session {session}: {reason}")
+            if encoder is not None:
+                tail = await encoder.finish()  # the codec's last frames and the trailer
+                if tail:
+                    yield tail
         finally:
+            if encoder is not None:
+                encoder.close()
             await events.aclose()  # the client left early: the turn is cancelled
             runtime.limiter.release()
 
@@ -223,26 +262,26 @@ async def multimodalchat(body: MultimodalChatRequest, request: Request) -> Respo
 async def speech(body: SpeechRequest, request: Request) -> Response:
     runtime = runtime_of(request)
     text = check_text(body.input, runtime.settings, "input")
-    if body.response_format not in SPEECH_FORMATS:
+    fmt = body.response_format
+    if fmt not in SPEECH_FORMATS:
         raise invalid_field(
-            f"response_format: {body.response_format!r} is not supported; use one of "
-            f"{', '.join(SPEECH_FORMATS)}"
+            f"response_format: {fmt!r} is not supported; use one of {', '.join(SPEECH_FORMATS)}"
         )
-    if body.speed != 1.0:
-        raise invalid_field("speed: only 1.0 is supported")
-
-    if body.response_format == "wav":
+    if (problem := check_speed(body.speed)) is not None:
+        raise invalid_field(problem)
+    encoder = SpeechStream(fmt, body.speed)
+    try:
         return await _stream_turn(
             runtime,
             "speech",
             VerbatimText(text),
-            fmt="pcm16",
-            media_type="audio/wav",
-            header=streaming_wav_header(),
+            media_type=encoder.media_type,
+            header=encoder.header(),
+            encoder=encoder,
         )
-    return await _stream_turn(
-        runtime, "speech", VerbatimText(text), fmt="pcm16", media_type="audio/pcm"
-    )
+    except BaseException:
+        encoder.close()  # the turn failed before its first audio: the body never runs
+        raise
 
 
 # -- health and metrics --------------------------------------------------------------------------

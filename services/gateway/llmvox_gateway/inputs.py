@@ -58,9 +58,6 @@ class SpeechRequest(_Body):
     stream_format: Literal["audio"] = "audio"
 
 
-SPEECH_FORMATS = ("pcm", "wav")
-
-
 @dataclass(frozen=True)
 class AudioInput:
     pcm16: bytes

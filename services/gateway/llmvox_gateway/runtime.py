@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from llmvox_common.sentences import SentenceSplitter
@@ -30,10 +32,26 @@ from .backends import (
     TtsJobs,
 )
 from .limits import SessionLimiter
+from .openai_llm import OpenAiLlm
 from .settings import GatewaySettings
 from .turn import ChunkPlan, TextSource, Turn, TurnTimings
 
 log = logging.getLogger(__name__)
+
+# Redis connection: a dropped connection (a restarted Redis) is retried a few times with a short
+# backoff, so a reconnect is invisible; a Redis that stays down fails the command within about a
+# second, which ends the turns using it with a clear error instead of hanging them.
+REDIS_RETRIES = 3
+REDIS_BACKOFF_BASE_S = 0.05
+REDIS_BACKOFF_CAP_S = 0.5
+REDIS_CONNECT_TIMEOUT_S = 2.0
+# Longer than any blocking read the gateway issues (the audio reader blocks 200 ms).
+REDIS_SOCKET_TIMEOUT_S = 10.0
+# Idle pooled connections are PINGed before reuse after this long, so a stale one is replaced.
+REDIS_HEALTH_CHECK_S = 5
+# How old a pool state a turn accepts when it checks for a live replica (the check scans keys).
+POOL_CHECK_MAX_AGE_S = 0.5
+SCAN_COUNT = 1000
 
 
 @dataclass
@@ -42,6 +60,22 @@ class PoolState:
 
     replicas: int
     untrained: bool
+
+
+def llm_client(settings: GatewaySettings) -> LlmClient | None:
+    """The LLM the settings name: the built-in gRPC service, or an OpenAI-compatible server
+    (both behind `LlmClient`, so turns do not care which); None when none is configured."""
+    if settings.llm_backend == "openai":
+        return OpenAiLlm(
+            settings.llm_base_url,
+            model=settings.llm_model,
+            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else "",
+            timeout_s=settings.llm_timeout_s,
+            extra_body=settings.llm_extra_body,
+        )
+    if settings.llm_addr:
+        return LlmBackend(settings.llm_addr, timeout_s=settings.llm_timeout_s)
+    return None
 
 
 @dataclass
@@ -53,25 +87,34 @@ class Clients:
     tts: TtsJobs
     asr: AsrClient | None
     llm: LlmClient | None
+    # Refuse and fail turns while no TTS replica's heartbeat lives (no_tts_replica). On for the
+    # real pool; the in-memory fakes of the unit tests have no heartbeats.
+    watch_pool: bool = False
 
     @classmethod
     def connect(cls, settings: GatewaySettings) -> Clients:
         redis: Redis = Redis.from_url(
-            settings.redis_url, decode_responses=False, socket_connect_timeout=5
+            settings.redis_url,
+            decode_responses=False,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_keepalive=True,
+            health_check_interval=REDIS_HEALTH_CHECK_S,
+            retry=Retry(
+                ExponentialWithJitterBackoff(base=REDIS_BACKOFF_BASE_S, cap=REDIS_BACKOFF_CAP_S),
+                REDIS_RETRIES,
+            ),
         )
         return cls(
             redis=redis,
+            watch_pool=True,
             tts=TTSClient(redis, audio_ttl_s=int(max(600, settings.turn_timeout_s * 2))),
             asr=(
                 AsrBackend(settings.asr_addr, timeout_s=settings.asr_timeout_s)
                 if settings.asr_addr
                 else None
             ),
-            llm=(
-                LlmBackend(settings.llm_addr, timeout_s=settings.llm_timeout_s)
-                if settings.llm_addr
-                else None
-            ),
+            llm=llm_client(settings),
         )
 
 
@@ -83,6 +126,7 @@ class GatewayRuntime:
         self.tts = clients.tts
         self.asr = clients.asr
         self.llm = clients.llm
+        self.watch_pool = clients.watch_pool
         self.limiter = SessionLimiter(settings.max_sessions)
         self.plan = ChunkPlan(
             settings.initial_dump_size_1, settings.initial_dump_size_2, settings.max_dump_size
@@ -144,7 +188,13 @@ class GatewayRuntime:
             part_timeout_s=self.settings.tts_part_timeout_s,
             turn_timeout_s=self.settings.turn_timeout_s,
             endpoint=endpoint,
+            live_replicas=self.live_replicas if self.watch_pool else None,
         )
+
+    async def live_replicas(self) -> int:
+        """TTS replicas whose heartbeat lives (a pool state at most POOL_CHECK_MAX_AGE_S old);
+        raises RedisError when Redis does not answer."""
+        return (await self.pool_state(max_age_s=POOL_CHECK_MAX_AGE_S)).replicas
 
     # -- health ---------------------------------------------------------------------------------
 
@@ -155,7 +205,12 @@ class GatewayRuntime:
         if cached is not None and time.monotonic() - cached[0] <= max_age_s:
             return cached[1]
         replicas, untrained = 0, False
-        keys = [key async for key in self.redis.scan_iter(match=WORKERS_KEY_PREFIX + "*")]
+        # COUNT: the keyspace also holds every session's audio and text streams; SCAN's default
+        # of 10 keys a step would take hundreds of round trips on a busy Redis.
+        keys = [
+            key
+            async for key in self.redis.scan_iter(match=WORKERS_KEY_PREFIX + "*", count=SCAN_COUNT)
+        ]
         values = await self.redis.mget(keys) if keys else []
         for value in values:
             if value is None:

@@ -8,6 +8,7 @@ from types import FrameType
 import uvicorn
 
 from .app import create_app
+from .http_api import HideStreamAborted
 from .settings import GatewaySettings
 
 # Audio from a browser arrives in frames of ~100 ms; anything much larger is a mistake, and the
@@ -31,6 +32,8 @@ def serve(settings: GatewaySettings) -> int:
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         access_log=False,
     )
+    # After uvicorn's own logging setup (in Config), which would drop an earlier filter.
+    logging.getLogger("uvicorn.error").addFilter(HideStreamAborted())
     server = _DrainingServer(config)
     server.run()
     return 0

@@ -6,9 +6,10 @@ The original server's flag names are kept where the gateway owns the setting (`-
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmvox_common.constants import (
@@ -18,6 +19,9 @@ from llmvox_common.constants import (
 )
 
 ChatType = Literal["text", "voice", "visual_speech", "multimodal"]
+# grpc: the built-in `llmvox-llm` service at llm_addr; openai: any OpenAI-compatible chat server
+# at llm_base_url (openai_llm.py).
+LlmBackendKind = Literal["grpc", "openai"]
 
 DEFAULT_API_PORT = 5003  # the original server's port, which its example client hard-codes
 
@@ -32,6 +36,22 @@ class GatewaySettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     asr_addr: str = Field("127.0.0.1:50051", description="ASR gRPC HOST:PORT; '' = no ASR")
     llm_addr: str = Field("127.0.0.1:50052", description="LLM gRPC HOST:PORT; '' = no LLM")
+    llm_backend: LlmBackendKind = Field(
+        "grpc",
+        description="grpc = the llmvox-llm service at llm_addr; openai = an OpenAI-compatible "
+        "chat server at llm_base_url",
+    )
+    llm_base_url: str = Field(
+        "", description="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (openai backend)"
+    )
+    llm_api_key: SecretStr | None = Field(
+        None, description="API key of the OpenAI-compatible server (openai backend)"
+    )
+    llm_model: str = Field("", description="model name sent to the OpenAI-compatible server")
+    llm_extra_body: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description="JSON object of extra request fields for the OpenAI-compatible server",
+    )
     chat_type: ChatType = Field(
         "voice",
         description="the LLM's kind (upstream --chat_type): /vlmschat needs visual_speech or "
@@ -92,7 +112,25 @@ class GatewaySettings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("asr_addr", "llm_addr", "system_prompt", mode="before")
+    @field_validator(
+        "asr_addr", "llm_addr", "system_prompt", "llm_base_url", "llm_model", mode="before"
+    )
     @classmethod
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("llm_extra_body", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        # A flag or an environment variable carries the object as JSON text.
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @model_validator(mode="after")
+    def _openai_backend_complete(self) -> GatewaySettings:
+        if self.llm_backend == "openai":
+            missing = [n for n in ("llm_base_url", "llm_model") if not getattr(self, n)]
+            if missing:
+                raise ValueError(f"llm_backend openai needs {' and '.join(missing)}")
+        return self

@@ -48,6 +48,22 @@ from .errors import GatewayError
 log = logging.getLogger(__name__)
 
 _QUEUE_EVENTS = 64
+# While a turn waits for audio, how often it checks that some TTS replica still lives (the
+# pool state it reads is cached for about this long, so the check costs one key scan per
+# interval per gateway, not per turn).
+POOL_WATCH_S = 0.5
+# A failed or cancelled turn's cancel key outlives its jobs' deadline by this much, so a replica
+# that starts later (the pool was down) drops them instead of speaking to nobody.
+CANCEL_MARGIN_S = 60
+
+
+def no_replica_error() -> GatewayError:
+    return GatewayError(
+        503,
+        "unavailable",
+        "no TTS replica is alive (every heartbeat lapsed); try again later",
+        code="no_tts_replica",
+    )
 
 
 @dataclass(frozen=True)
@@ -249,6 +265,7 @@ class Turn:
         part_timeout_s: float = 30.0,
         turn_timeout_s: float = 120.0,
         endpoint: str = "ws",
+        live_replicas: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self._tts = tts
         self.session = session
@@ -264,6 +281,8 @@ class Turn:
         # The same instant as Unix ms, for replicas on other machines.
         self._deadline_ms = int((time.time() + self._deadline - time.monotonic()) * 1000)
         self._endpoint = endpoint
+        # None: no pool check (fakes); else the count of live TTS replicas.
+        self._live_replicas = live_replicas
         self._audio = tts.parts(
             session,
             last_seq=None,
@@ -273,6 +292,7 @@ class Turn:
             timeout_s=part_timeout_s,
         )
         self._sentence_opened = asyncio.Event()
+        self._paths_stopped = False  # the turn's text, audio and pool paths are being stopped
         self._open_seq: int | None = None  # the seq whose text is still being streamed
         self._text: list[str] = []
         self._samples = 0
@@ -400,20 +420,28 @@ class Turn:
                 )
             transcript = result.text
         self._llm_stream = self.source.open(transcript)
-        paths = [
+        main = [
             asyncio.create_task(self._speak(self._llm_stream), name="turn-text"),
             asyncio.create_task(self._read_audio(), name="turn-audio"),
         ]
+        paths = list(main)
+        if self._live_replicas is not None:
+            # Never returns on its own: it raises when the whole pool is gone mid-turn.
+            paths.append(asyncio.create_task(self._watch_pool(), name="turn-pool"))
         try:
-            await asyncio.wait(paths, return_when=asyncio.FIRST_EXCEPTION)
-            for path in paths:
-                if path.done() and not path.cancelled() and (error := path.exception()):
-                    raise error
+            while not all(path.done() for path in main):
+                running = [path for path in paths if not path.done()]
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for path in paths:
+                    if path.done() and not path.cancelled() and (error := path.exception()):
+                        raise error
         finally:
             # Closed before the reader is cancelled, not after (as a TaskGroup would): a
             # cancellation landing inside redis-py's blocking read can be lost, and the reader
-            # would then poll until its part timeout (AudioPartStream.close).
+            # would then poll until its part timeout (AudioPartStream.close). The pool watcher
+            # has its flag for the same reason: it would otherwise loop on forever.
             self._audio.close()
+            self._paths_stopped = True
             for path in paths:
                 path.cancel()
             await asyncio.gather(*paths, return_exceptions=True)
@@ -423,7 +451,7 @@ class Turn:
         self._audio.close()
         if self._llm_stream is not None:
             aclose = getattr(self._llm_stream, "aclose", None)
-            if aclose is not None:  # closing the generator cancels the LLM's gRPC call
+            if aclose is not None:  # closing the generator cancels the LLM call (any backend)
                 with contextlib.suppress(Exception):
                     await aclose()
         if self._speech is not None:
@@ -431,8 +459,9 @@ class Turn:
                 await self._speech.cancel()
         assert self._outcome is not None
         if self._outcome[0] != "completed" and self.next_seq > self.first_seq:
+            ttl_s = int(self._turn_timeout_s) + CANCEL_MARGIN_S
             with contextlib.suppress(Exception):
-                await self._tts.cancel(self.session, up_to_seq=self.next_seq - 1)
+                await self._tts.cancel(self.session, ttl_s, up_to_seq=self.next_seq - 1)
 
     def _report(self) -> TurnDone:
         assert self._outcome is not None
@@ -480,6 +509,9 @@ class Turn:
         if self._open_seq is None:
             if not batch.words:
                 return
+            # Checked before every job: with no replica alive a job would wait in the stream for
+            # one that may start much later, and the client would wait for a timeout.
+            await self._require_pool()
             seq = self.next_seq
             self.next_seq += 1
             self._open_seq = seq
@@ -503,6 +535,20 @@ class Turn:
             )
         if batch.ends_sentence:
             self._open_seq = None
+
+    # -- the TTS pool ---------------------------------------------------------------------------
+
+    async def _require_pool(self) -> None:
+        if self._live_replicas is not None and await self._live_replicas() == 0:
+            raise no_replica_error()
+
+    async def _watch_pool(self) -> None:
+        """Fail the turn when every replica's heartbeat has lapsed while it waits for audio: no
+        one will answer its jobs (the turn's end cancels them)."""
+        await self._sentence_opened.wait()
+        while not self._paths_stopped:
+            await self._require_pool()
+            await asyncio.sleep(POOL_WATCH_S)
 
     # -- audio path -----------------------------------------------------------------------------
 
@@ -536,6 +582,8 @@ def _as_gateway_error(error: BaseException) -> GatewayError:
     if isinstance(error, ResequencerOverflow):
         return GatewayError(502, "backend_error", str(error))
     if isinstance(error, RedisError):
-        return GatewayError(503, "unavailable", f"TTS queue (Redis) unavailable: {error}")
+        return GatewayError(
+            503, "unavailable", f"TTS queue (Redis) unavailable: {error}", code="redis_unavailable"
+        )
     log.error("turn failed", exc_info=error)
     return GatewayError(500, "server_error", f"internal error: {type(error).__name__}")

@@ -7,12 +7,12 @@ import contextlib
 import json
 
 from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketState
 
 from . import metrics
 from .auth import key_accepted
-from .errors import WS_NORMAL, WS_POLICY, WS_TRY_AGAIN_LATER, GatewayError
+from .errors import WS_POLICY, WS_TRY_AGAIN_LATER, GatewayError
 from .runtime import GatewayRuntime
+from .socket_session import run_admitted_session
 from .ws_session import WsSession
 
 router = APIRouter()
@@ -39,13 +39,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         )
         return
     metrics.REQUESTS.labels("ws", "101").inc()
-    try:
-        await WsSession(websocket, runtime).run()
-    finally:
-        runtime.limiter.release()
-        if websocket.application_state != WebSocketState.DISCONNECTED:
-            with contextlib.suppress(Exception):
-                await websocket.close(WS_NORMAL)
+    await run_admitted_session(websocket, runtime, lambda: WsSession(websocket, runtime).run())
 
 
 async def _refuse(websocket: WebSocket, error: GatewayError, code: int) -> None:

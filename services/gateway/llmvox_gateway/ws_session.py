@@ -10,10 +10,8 @@ falls `send_queue_frames` behind is closed (1008): audio is never buffered witho
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import functools
 import json
 import logging
@@ -24,20 +22,16 @@ from typing import Any
 
 from fastapi import WebSocket
 from pydantic import ValidationError
-from starlette.websockets import WebSocketDisconnect
 
 from llmvox_common.constants import SAMPLE_RATE
 
 from . import metrics
 from .audio_format import OutputFormat, encode
 from .backends import ChatMessage, TranscriptStream
-from .errors import (
-    WS_NORMAL,
-    WS_POLICY,
-    GatewayError,
-)
-from .outbox import CloseFrame, Frame, Outbox
+from .errors import GatewayError
+from .outbox import Frame, Outbox
 from .runtime import GatewayRuntime
+from .socket_session import idled_out, receive_message, run_session_loops
 from .turn import (
     AudioChunk,
     LlmText,
@@ -67,10 +61,6 @@ log = logging.getLogger(__name__)
 
 # How stale the `tts_untrained` flag of session.created may be (a replica's profile rarely changes).
 POOL_STATE_MAX_AGE_S = 5.0
-
-
-class _Closed(Exception):
-    """Ends the session's TaskGroup: the client left, or the server closed the socket."""
 
 
 @dataclass
@@ -148,31 +138,20 @@ class WsSession:
             untrained = None
         self.send_event({"type": "session.created", "session": self._session_info(untrained)})
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._send_loop(), name="send")
-                tasks.create_task(self._receive_loop(), name="receive")
-                tasks.create_task(self._watchdog(), name="watchdog")
-        except* (_Closed, WebSocketDisconnect):
-            pass
+            await run_session_loops(
+                self.ws,
+                self.outbox,
+                receive=self._receive_loop,
+                idle=self._idled_out,
+                log=log,
+                label=f"session {self.id}",
+            )
         finally:
             await self._shutdown()
 
-    async def _send_loop(self) -> None:
-        while True:
-            frame = await self.outbox.get()
-            if isinstance(frame, CloseFrame):
-                await self.ws.close(frame.code, frame.reason)
-                raise _Closed
-            if isinstance(frame, bytes):
-                await self.ws.send_bytes(frame)
-            else:
-                await self.ws.send_text(frame)
-
     async def _receive_loop(self) -> None:
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                raise _Closed
+            message = await receive_message(self.ws)
             self.last_activity = time.monotonic()
             try:
                 if message.get("bytes") is not None:
@@ -182,20 +161,8 @@ class WsSession:
             except GatewayError as error:
                 self.send_error(error)
 
-    async def _watchdog(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self.outbox.overflowed.wait()
-            if self.outbox.overflowed.is_set():
-                metrics.SLOW_CLIENTS_DROPPED.inc()
-                log.warning("session %s: client too slow, closing", self.id)
-                await self.ws.close(WS_POLICY, "client too slow: send queue full")
-                raise _Closed
-            idle = time.monotonic() - self.last_activity
-            if self.turn is None and idle > self.settings.idle_timeout_s:
-                self._put(CloseFrame(WS_NORMAL, "idle timeout"))
-                return
+    def _idled_out(self) -> bool:
+        return self.turn is None and idled_out(self.last_activity, self.settings.idle_timeout_s)
 
     async def _shutdown(self) -> None:
         turn, self.turn = self.turn, None
@@ -333,6 +300,8 @@ class WsSession:
     async def _append_text(self, text: str) -> None:
         feed = self._verbatim_feed()
         if feed is None:
+            # Refused before a response starts: an oversized first frame is only an `error`.
+            self._check_text(text)
             feed = VerbatimText(max_chars=self.settings.max_text_chars)
             await self._start_turn(feed, TurnTimings())
         feed.append(text)  # over the limit: commits what came so far, then raises

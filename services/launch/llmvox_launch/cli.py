@@ -2,10 +2,12 @@
 
 Starts Redis (when none answers at --redis_url), the ASR and LLM servers, --tts_replicas TTS
 replicas and the gateway as child processes, waits until each is ready, prefixes their output
-with their names and prints the URL. Ctrl-C stops everything. The original server's flags keep
-their names; every flag is also an environment variable LLMVOX_LAUNCH_<NAME>. Without model flags
-it runs offline: Whisper tiny.en, SmolLM2-135M-Instruct, and the TTS's published weights from
---checkpoint_dir when they are there, else its UNTRAINED tiny profile (the audio is noise).
+with their names and prints the URL. A service that exits on its own is restarted with a growing
+delay; one that keeps failing before it is ready stops everything. Ctrl-C stops everything.
+The original server's flags keep their names; every flag is also an environment variable
+LLMVOX_LAUNCH_<NAME>. Without model flags it runs offline: Whisper tiny.en, SmolLM2-135M-Instruct,
+and the TTS's published weights from --checkpoint_dir when they are there, else its UNTRAINED tiny
+profile (the audio is noise).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from llmvox_common.cli_settings import settings_from_args as settings_from_names
 
 from .machine import LaunchError, free_port, probe
 from .plan import Plan, PlanError, build_plan, resolve_ports
+from .restart import RestartPolicy
 from .settings import LaunchSettings
 from .supervisor import LAUNCHER_LABEL, Supervisor
 
@@ -42,6 +45,15 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
     return settings_from_namespace(LaunchSettings, args)
 
 
+def restart_policy(settings: LaunchSettings) -> RestartPolicy:
+    defaults = RestartPolicy()
+    return RestartPolicy(
+        max_delay_s=max(settings.restart_max_delay_s, defaults.first_delay_s),
+        crash_loop_failures=settings.crash_loop_failures,
+        crash_loop_window_s=settings.crash_loop_window_s,
+    )
+
+
 def format_plan(plan: Plan) -> str:
     lines = []
     for stage in plan.stages():
@@ -49,7 +61,11 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"# {child.name} (stage {child.stage}, ready: {child.ready})")
             for step in child.prepare:
                 lines.append(f"#   first: {shlex.join(step.argv)}")
-            env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(child.env.items()))
+            # Keys (the external LLM's) are not printed: plans get pasted into bug reports.
+            env = " ".join(
+                f"{k}={'***' if k.endswith('_API_KEY') else shlex.quote(v)}"
+                for k, v in sorted(child.env.items())
+            )
             lines.append(f"{env} {shlex.join(child.argv)}".strip())
     lines.append(f"# URL: {plan.url}")
     lines.extend(f"# {notice}" for notice in plan.notices)
@@ -79,7 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar = "#" * 78
         print("\n".join([bar, *(f"#  {line}" for line in plan.notices), bar]), flush=True)
     supervisor = Supervisor(
-        plan, ready_timeout_s=settings.ready_timeout_s, stop_timeout_s=settings.stop_timeout_s
+        plan,
+        ready_timeout_s=settings.ready_timeout_s,
+        stop_timeout_s=settings.stop_timeout_s,
+        restart=restart_policy(settings),
     )
     return asyncio.run(supervisor.run())
 

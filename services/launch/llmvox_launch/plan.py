@@ -362,10 +362,33 @@ def _asr_child(
     return ChildSpec("asr", argv, child_env, GrpcHealth(f"127.0.0.1:{settings.asr_port}"))
 
 
+def _external_llm_args(settings: LaunchSettings) -> tuple[str, ...]:
+    """The gateway's flags for an OpenAI-compatible LLM: its address and model, and the
+    sampling and system prompt, which the gateway then sends with every call (the built-in
+    server gets them as its own defaults instead)."""
+    if settings.llm_backend != "openai":
+        return ()
+    return (
+        "--llm_backend",
+        "openai",
+        "--llm_base_url",
+        settings.llm_base_url.strip(),
+        "--llm_model",
+        settings.llm_model.strip(),
+        *_optional("--system_prompt", settings.system_prompt),
+        *_optional("--llm_temperature", settings.llm_temperature),
+        *_optional("--llm_top_p", settings.llm_top_p),
+        *_optional("--llm_top_k", settings.llm_top_k),
+        *_optional("--llm_max_tokens", settings.llm_max_tokens),
+    )
+
+
 def build_plan(settings: LaunchSettings, facts: MachineFacts) -> Plan:
     """The children to run for `settings` on a machine described by `facts`."""
     want_asr = not settings.service_off(settings.asr_model)
-    want_llm = not settings.service_off(settings.llm_checkpoint)
+    # The openai backend's LLM runs elsewhere: nothing to start here, the gateway calls it.
+    external_llm = settings.llm_backend == "openai"
+    want_llm = not external_llm and not settings.service_off(settings.llm_checkpoint)
     model_processes = int(want_asr) + int(want_llm) + settings.tts_replicas
     threads = threads_per_process(settings, facts.cpu_count, model_processes)
     base_env = {"PYTHONUNBUFFERED": "1", **thread_env(threads)}
@@ -400,8 +423,7 @@ def build_plan(settings: LaunchSettings, facts: MachineFacts) -> Plan:
             consumer,
             "--device",
             device,
-            "--precision",
-            settings.tts_precision,
+            *_optional("--precision", settings.tts_precision),
             *weights.args,
             *_optional("--max_audio_length", settings.max_audio_length),
         )
@@ -429,13 +451,19 @@ def build_plan(settings: LaunchSettings, facts: MachineFacts) -> Plan:
         str(settings.initial_dump_size_2),
         "--max_dump_size",
         str(settings.max_dump_size),
+        *_external_llm_args(settings),
     )
+    gateway_env = {"PYTHONUNBUFFERED": "1", **thread_env(1)}
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""
+    if external_llm and key:
+        # In the environment, not on the command line, where `ps` would show it.
+        gateway_env["LLMVOX_GATEWAY_LLM_API_KEY"] = key
     url = browser_url(settings.host, settings.api_port)
     children.append(
         ChildSpec(
             "gateway",
             gateway_argv,
-            {"PYTHONUNBUFFERED": "1", **thread_env(1)},
+            gateway_env,
             HttpOk(url + "readyz"),
             STAGE_GATEWAY,
         )

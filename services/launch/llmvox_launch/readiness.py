@@ -9,6 +9,7 @@ sees the output.
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.error
 import urllib.request
 from typing import NamedTuple
@@ -35,7 +36,22 @@ async def grpc_serving(addr: str, per_try_s: float) -> Probe:
         return Probe(reply.status == health_pb2.HealthCheckResponse.SERVING, status)
 
 
-async def redis_probe(url: str, key: str | None, per_try_s: float) -> Probe:
+def written_at_ms(value: bytes | str) -> int | None:
+    """`at_ms` of a heartbeat's JSON (docs/redis-contract.md); None when it has none."""
+    try:
+        at_ms = json.loads(value).get("at_ms")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(at_ms, bool) or not isinstance(at_ms, int | float):
+        return None
+    return int(at_ms)
+
+
+async def redis_probe(
+    url: str, key: str | None, per_try_s: float, since_ms: int | None = None
+) -> Probe:
+    """PING, or the key exists; with `since_ms`, a heartbeat written before then (by the run of
+    the child before a restart: the key outlives it by its expiry) does not count."""
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
@@ -43,9 +59,13 @@ async def redis_probe(url: str, key: str | None, per_try_s: float) -> Probe:
     try:
         if key is None:
             return Probe(bool(await client.ping()), "PING answered")
-        if await client.exists(key):
-            return Probe(True, f"{key} exists")
-        return Probe(False, f"no heartbeat key {key} yet")
+        value = await client.get(key)
+        if value is None:
+            return Probe(False, f"no heartbeat key {key} yet")
+        at_ms = written_at_ms(value) if since_ms is not None else None
+        if since_ms is not None and at_ms is not None and at_ms < since_ms:
+            return Probe(False, f"{key} is from before this start")
+        return Probe(True, f"{key} exists")
     except (RedisError, OSError) as error:
         return Probe(False, f"Redis at {url}: {error}")
     finally:
@@ -63,12 +83,12 @@ def _http_get(url: str, per_try_s: float) -> Probe:
         return Probe(False, f"{url}: {getattr(error, 'reason', error)}")
 
 
-async def check(ready: Readiness, per_try_s: float = 2.0) -> Probe:
+async def check(ready: Readiness, per_try_s: float = 2.0, since_ms: int | None = None) -> Probe:
     match ready:
         case GrpcHealth(addr):
             return await grpc_serving(addr, per_try_s)
         case RedisKeyExists(url, key):
-            return await redis_probe(url, key, per_try_s)
+            return await redis_probe(url, key, per_try_s, since_ms)
         case RedisPing(url):
             return await redis_probe(url, None, per_try_s)
         case HttpOk(url):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmvox_common.constants import (
@@ -36,7 +36,20 @@ class LaunchSettings(BaseSettings):
 
     chat_type: ChatType = Field("voice", description="LLM kind (LLM adapter and gateway)")
 
-    # LLM server.
+    # LLM: the built-in server (grpc), or an OpenAI-compatible server already running elsewhere
+    # (openai: no LLM process is started; the gateway calls llm_base_url).
+    llm_backend: Literal["grpc", "openai"] = Field(
+        "grpc", description="grpc = start llmvox-llm; openai = use the server at llm_base_url"
+    )
+    llm_base_url: str = Field(
+        "", description="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (openai)"
+    )
+    llm_api_key: SecretStr | None = Field(
+        None, description="API key of the OpenAI-compatible server (openai)"
+    )
+    llm_model: str = Field("", description="model name for the OpenAI-compatible server (openai)")
+
+    # LLM server (grpc).
     llm_checkpoint: str | None = Field(
         None,
         description="hub id, directory or .gguf file; unset = offline SmolLM2-135M-Instruct; "
@@ -75,7 +88,9 @@ class LaunchSettings(BaseSettings):
         validation_alias=AliasChoices("checkpoint_dir", "LLMVOX_CHECKPOINT_DIR"),
         description="where published TTS weights are looked for",
     )
-    tts_precision: Precision = Field("fp32", description="TTS decoder weights")
+    tts_precision: Precision | None = Field(
+        None, description="TTS decoder weights; unset = the TTS default (int8 on CPU, fp32 on GPU)"
+    )
     max_audio_length: int | None = Field(
         None, ge=1, description="speech tokens per sentence (TTS); unset = the TTS default"
     )
@@ -114,6 +129,15 @@ class LaunchSettings(BaseSettings):
     )
     ready_timeout_s: float = Field(600.0, gt=0, description="per service, from its start")
     stop_timeout_s: float = Field(15.0, ge=0, description="SIGTERM grace before SIGKILL")
+    restart_max_delay_s: float = Field(
+        10.0, ge=0, description="a child that exits is restarted after 0.5 s, 1 s, ... up to this"
+    )
+    crash_loop_failures: int = Field(
+        3, ge=1, description="start-up failures (exits before ready) that stop the stack"
+    )
+    crash_loop_window_s: float = Field(
+        120.0, gt=0, description="the window in which crash_loop_failures count"
+    )
 
     @field_validator("threads", mode="before")
     @classmethod
@@ -128,6 +152,14 @@ class LaunchSettings(BaseSettings):
         if isinstance(value, int) and value < 1:
             raise ValueError("threads must be 'auto' or at least 1")
         return value
+
+    @model_validator(mode="after")
+    def _openai_backend_complete(self) -> LaunchSettings:
+        if self.llm_backend == "openai":
+            missing = [n for n in ("llm_base_url", "llm_model") if not getattr(self, n).strip()]
+            if missing:
+                raise ValueError(f"llm_backend openai needs {' and '.join(missing)}")
+        return self
 
     def service_off(self, source: str | None) -> bool:
         return source is not None and source.strip().lower() == NONE

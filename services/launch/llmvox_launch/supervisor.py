@@ -2,9 +2,10 @@
 
 - Children of one stage start together; the next stage starts once every one of them is ready.
 - Each child's stdout and stderr come out as lines prefixed with its name.
-- A child that exits on its own (before or after it was ready), a failed preparation step or a
-  readiness timeout stops everything, with a message that names the child and shows its last
-  lines. Exit status 1.
+- A child that exits on its own is started again after a growing delay (restart.py) and waited
+  for until it is ready again; the others keep running. A child that keeps failing before it
+  gets ready (the crash-loop limit), a failed preparation step or a readiness timeout stops
+  everything, with a message that names the child and shows its last lines. Exit status 1.
 - SIGINT/SIGTERM stop everything: stages in reverse order (the gateway first, Redis last), each
   child with SIGTERM, then SIGKILL after `stop_timeout_s`; a second Ctrl-C kills at once.
   Exit status 0.
@@ -32,7 +33,8 @@ from typing import TextIO
 
 from . import readiness
 from .output import LinePrefixer, label_width, prefix_for
-from .plan import ChildSpec, LogLine, Plan, Step
+from .plan import ChildSpec, LogLine, Plan, RedisKeyExists, Step
+from .restart import GiveUp, RestartPolicy, RestartTracker
 
 LAUNCHER_LABEL = "launch"
 READ_CHUNK = 65536
@@ -74,6 +76,16 @@ def describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
+def short_exit(code: int) -> str:
+    """`SIGKILL`, or `code 3`: the parenthesis of `tts1 exited (SIGKILL)`."""
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
 @dataclass
 class _Child:
     spec: ChildSpec
@@ -82,8 +94,10 @@ class _Child:
     started_child: bool = False
     ready: bool = False
     saw_ready_line: asyncio.Event = field(default_factory=asyncio.Event)
+    first_ready: asyncio.Event = field(default_factory=asyncio.Event)
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
-    watcher: asyncio.Task[None] | None = None
+    keeper: asyncio.Task[None] | None = None  # starts, watches and restarts the child
+    restarts: int = 0
 
 
 class Supervisor:
@@ -98,6 +112,8 @@ class Supervisor:
         base_env: Mapping[str, str] | None = None,
         on_ready: Callable[[], None] | None = None,
         kill_with_launcher: bool = True,
+        restart: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.plan = plan
         self.out = out if out is not None else sys.stdout
@@ -106,6 +122,8 @@ class Supervisor:
         self.poll_interval_s = poll_interval_s
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.on_ready = on_ready
+        self.restart = restart if restart is not None else RestartPolicy()
+        self._clock = clock
         self.wrapper = pdeathsig_prefix() if kill_with_launcher else ()
         self.width = label_width([LAUNCHER_LABEL, *(c.name for c in plan.children)])
         self.children = {
@@ -193,7 +211,7 @@ class Supervisor:
         banner = [
             "=" * 72,
             f"LLMVoX is ready: {self.plan.url}",
-            "Ctrl-C stops every service.",
+            "Ctrl-C stops every service; a service that exits on its own is restarted.",
         ]
         if self.plan.notices:
             banner += ["-" * 72, *self.plan.notices]
@@ -206,39 +224,81 @@ class Supervisor:
 
     # -- bringing up ----------------------------------------------------------------------------
     async def _bring_up_stage(self, stage: Sequence[_Child]) -> None:
-        tasks = [asyncio.create_task(self._bring_up(c), name=c.spec.name) for c in stage]
+        """Start the stage's keepers; return once each child is ready, or the run is stopping."""
+        for child in stage:
+            child.keeper = asyncio.create_task(self._keep(child), name=f"keep {child.spec.name}")
+            child.keeper.add_done_callback(functools.partial(self._keeper_ended, child))
+        all_ready = asyncio.gather(*(child.first_ready.wait() for child in stage))
         stop = asyncio.create_task(self._stop.wait())
         try:
-            pending = set(tasks)
-            while pending and not self._stop.is_set():
-                done, pending = await asyncio.wait(
-                    pending | {stop}, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending.discard(stop)
-                for task in done - {stop}:
-                    error = task.exception()
-                    if isinstance(error, ChildFailedError):
-                        self._fail(self.children[error.child], str(error))
-                    elif error is not None:
-                        raise error
+            await asyncio.wait({all_ready, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, stop, return_exceptions=True)
+            all_ready.cancel()
+            await asyncio.gather(all_ready, stop, return_exceptions=True)
 
-    async def _bring_up(self, child: _Child) -> None:
+    def _keeper_ended(self, child: _Child, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, ChildFailedError):
+            self._fail(child, str(error))
+        elif error is not None:
+            self._fail(child, f"{child.spec.name}: supervisor error {error!r}")
+
+    async def _keep(self, child: _Child) -> None:
+        """The child's whole life: preparation, then start → ready → exit → restart after the
+        policy's delay, until the run stops; raises ChildFailedError to stop the run."""
         spec = child.spec
         for step in spec.prepare:
             await self._prepare(child, step)
-        started = time.monotonic()
-        child.process = await self._spawn(child, spec.argv, spec.env)
-        child.started_child = True
-        child.watcher = asyncio.create_task(self._watch(child), name=f"watch {spec.name}")
-        self.say(f"started {spec.name} (pid {child.process.pid})")
-        await self._wait_ready(child, started)
-        child.ready = True
-        self.say(f"{spec.name} is ready ({time.monotonic() - started:.1f} s)")
+        tracker = RestartTracker(self.restart, self._clock)
+        while not self._stopping:
+            started = time.monotonic()
+            since_ms = int(time.time() * 1000)
+            child.saw_ready_line = asyncio.Event()
+            child.ready = False
+            process = child.process = await self._spawn(child, spec.argv, spec.env)
+            child.started_child = True
+            if self._stopping:  # the stop began while this one was starting
+                await self._stop_child(child)
+                return
+            tracker.started()
+            again = " again" if child.restarts else ""
+            self.say(f"started {spec.name}{again} (pid {process.pid})")
+            exited = asyncio.create_task(process.wait())
+            ready = asyncio.create_task(self._wait_ready(child, started, since_ms))
+            try:
+                await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not ready.done():
+                    ready.cancel()
+                    await asyncio.gather(ready, return_exceptions=True)
+            if not exited.done():
+                ready.result()  # a readiness timeout raises here
+                child.ready = True
+                tracker.ready()
+                self.say(f"{spec.name} is ready{again} ({time.monotonic() - started:.1f} s)")
+                child.first_ready.set()
+            code = await exited
+            await self._drain(child)
+            if self._stopping:
+                return
+            decision = tracker.exited()
+            if isinstance(decision, GiveUp):
+                raise ChildFailedError(
+                    spec.name,
+                    f"{describe_exit(code)} before it was ready, {decision.failures} times within "
+                    f"{decision.window_s:g} s; not restarting it",
+                )
+            child.restarts += 1
+            self.say(
+                f"{spec.name} exited ({short_exit(code)}); restarting in "
+                f"{decision.delay_s:g} s (attempt {decision.attempt})"
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(decision.delay_s):
+                    await self._stop.wait()
 
     async def _prepare(self, child: _Child, step: Step) -> None:
         name = child.spec.name
@@ -252,7 +312,9 @@ class Supervisor:
             command = " ".join(step.argv)
             raise ChildFailedError(name, f"preparation `{command}` {describe_exit(code)}")
 
-    async def _wait_ready(self, child: _Child, started: float) -> None:
+    async def _wait_ready(self, child: _Child, started: float, since_ms: int = 0) -> None:
+        """Returns once the child passes its check; `since_ms` (Unix ms of this start) makes a
+        heartbeat written by an earlier run of the child not count."""
         spec, process = child.spec, child.process
         assert process is not None
         deadline = started + self.ready_timeout_s
@@ -277,7 +339,11 @@ class Supervisor:
                 if child.saw_ready_line.is_set():
                     return
                 continue
-            probe = await readiness.check(spec.ready, per_try_s=min(2.0, max(remaining, 0.1)))
+            probe = await readiness.check(
+                spec.ready,
+                per_try_s=min(2.0, max(remaining, 0.1)),
+                since_ms=since_ms if isinstance(spec.ready, RedisKeyExists) else None,
+            )
             if probe.ready:
                 return
             seen = probe.seen
@@ -324,18 +390,11 @@ class Supervisor:
             for task in late:
                 task.cancel()
 
-    async def _watch(self, child: _Child) -> None:
-        assert child.process is not None
-        code = await child.process.wait()
-        await self._drain(child)
-        if not self._stopping:
-            when = "while running" if child.ready else "before it was ready"
-            self._fail(child, f"{child.spec.name} {describe_exit(code)} {when}")
-
     # -- stopping -------------------------------------------------------------------------------
     async def shutdown(self) -> None:
         """Stop whatever runs, stage by stage in reverse order. Idempotent."""
         self._stopping = True
+        self._stop.set()  # wakes keepers waiting to restart a child
         stages = self.plan.stages()
         for stage in reversed(stages):
             running = [
@@ -347,8 +406,8 @@ class Supervisor:
                 self.say("stopping " + ", ".join(c.spec.name for c in running))
                 await asyncio.gather(*(self._stop_child(c) for c in running))
         for child in self.children.values():
-            if child.watcher is not None:
-                await asyncio.gather(child.watcher, return_exceptions=True)
+            if child.keeper is not None:
+                await asyncio.gather(child.keeper, return_exceptions=True)
             await self._drain(child)
 
     async def _stop_child(self, child: _Child) -> None:

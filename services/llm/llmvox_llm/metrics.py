@@ -21,7 +21,9 @@ TIME_TO_FIRST_TOKEN = Histogram(
     buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
 )
 PROMPT_TOKENS = Counter("llmvox_llm_prompt_tokens_total", "Prompt tokens read")
-GENERATED_TOKENS = Counter("llmvox_llm_generated_tokens_total", "Tokens generated")
+GENERATED_TOKENS = Counter(
+    "llmvox_llm_generated_tokens_total", "Tokens generated, all calls together (aggregate rate)"
+)
 TOKENS_PER_SECOND = Histogram(
     "llmvox_llm_tokens_per_second",
     "Generated tokens per second of generation, per call",
@@ -31,5 +33,20 @@ REQUESTS_IN_PROGRESS = Gauge(
     "llmvox_llm_requests_in_progress", "Admitted calls: generating or waiting for the model"
 )
 GENERATIONS_ACTIVE = Gauge(
-    "llmvox_llm_generations_active", "generate() calls running on the model thread (0 or 1)"
+    "llmvox_llm_generations_active",
+    "Calls generating on the model thread (the running batch; same as llmvox_llm_batch_size)",
+)
+BATCH_SIZE = Gauge(
+    "llmvox_llm_batch_size", "Calls in the running batch (1 at most without continuous batching)"
+)
+MAX_BATCH = Gauge("llmvox_llm_max_batch", "Largest running batch this server allows")
+BATCHING_ENABLED = Gauge(
+    "llmvox_llm_batching_enabled",
+    "1: calls share decode steps (continuous batching); 0: this model runs one call at a time",
+)
+QUEUE_DEPTH = Gauge("llmvox_llm_queue_depth", "Calls waiting for a place in the running batch")
+QUEUE_WAIT_SECONDS = Histogram(
+    "llmvox_llm_queue_wait_seconds",
+    "From a call's hand-over to the model thread to its admission into the batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
 )

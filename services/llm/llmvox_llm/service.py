@@ -38,7 +38,9 @@ class LlmService(llm_pb2_grpc.LlmServiceServicer):
         if not settings.model:
             raise ValueError("no model: pass --model (or set LLMVOX_LLM_MODEL)")
         self.settings = settings
-        self.limit = ConcurrencyLimit(settings.max_concurrency)
+        # Calls admitted (preparing, waiting or generating): the batch plus its queue; set
+        # again in load() once the engine knows whether this model batches.
+        self.limit = ConcurrencyLimit(settings.max_batch + settings.max_queue)
         self.adapter = build_adapter(
             settings.chat_type,
             LoadOptions(
@@ -72,20 +74,30 @@ class LlmService(llm_pb2_grpc.LlmServiceServicer):
             chat_type=self.settings.chat_type,
         )
         self.max_prompt_tokens = self.settings.max_prompt_tokens or context_length(adapter.model)
-        engine = GenerationEngine(adapter, eos_ids, eos_strings)
+        engine = GenerationEngine(
+            adapter,
+            eos_ids,
+            eos_strings,
+            max_batch=self.settings.max_batch,
+            max_positions=context_length(adapter.model),
+        )
+        self.limit.limit = engine.max_batch + self.settings.max_queue
         prepared = adapter.prepare_exclusive((ChatMessage(role="user", text="Hello"),))
         engine.run_blocking(
             prepared, Sampling(temperature=0.0, top_p=1.0, top_k=0, max_tokens=WARM_UP_TOKENS)
         )
         self.engine = engine
         log.info(
-            "loaded %s (%s adapter, %s, %s) and warmed up in %.1f s; eos ids %s",
+            "loaded %s (%s adapter, %s, %s) and warmed up in %.1f s; eos ids %s; %s",
             self.settings.model,
             self.settings.chat_type,
             adapter.device,
             adapter.dtype,
             time.perf_counter() - started,
             sorted(eos_ids),
+            f"continuous batching, up to {engine.max_batch} calls per step"
+            if engine.batching
+            else "one call at a time (this model cannot batch)",
         )
 
     def close(self) -> None:

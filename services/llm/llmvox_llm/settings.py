@@ -47,8 +47,11 @@ class LlmSettings(BaseSettings):
     max_prompt_tokens: int = Field(
         0, ge=0, description="longest accepted prompt; 0 = the model's context length"
     )
-    max_concurrency: int = Field(
-        4, ge=1, description="requests admitted at once (one generates, the rest wait)"
+    max_batch: int = Field(
+        16, ge=1, description="calls generating together (continuous batching); text models"
+    )
+    max_queue: int = Field(
+        32, ge=0, description="calls waiting for the batch; beyond them RESOURCE_EXHAUSTED"
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = none")
     drain_seconds: float = Field(10.0, ge=0.0, description="SIGTERM: finish streams this long")

@@ -28,10 +28,26 @@ if TYPE_CHECKING:
 
 
 def load_models(settings: ModelSettings) -> ModelBundle:
+    import torch
+
     from .loading.bundle import build_tiny, load_published
 
+    settings.resolve_numerics()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    # The numerics in effect, at start-up: int8/bf16 are the CPU defaults, fp32 the exact mode.
+    print(
+        f"llmvox-tts: {settings.numerics()}, threads {torch.get_num_threads()}",
+        file=sys.stderr,
+        flush=True,
+    )
     if settings.profile == "tiny":
-        return build_tiny(seed=settings.seed, device=settings.device, precision=settings.precision)
+        return build_tiny(
+            seed=settings.seed,
+            device=settings.device,
+            precision=settings.precision,
+            vocoder_precision=settings.vocoder_precision,
+        )
     return load_published(
         llmvox=settings.llmvox_checkpoint,
         wavtokenizer=settings.wavtokenizer_checkpoint,
@@ -39,6 +55,7 @@ def load_models(settings: ModelSettings) -> ModelBundle:
         text_model=settings.text_model,
         device=settings.device,
         precision=settings.precision,
+        vocoder_precision=settings.vocoder_precision,
     )
 
 
@@ -125,6 +142,13 @@ def worker(args: argparse.Namespace) -> int:
         print(f"WARNING: {UNTRAINED_WARNING}", file=sys.stderr)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
+    import torch
+
+    from .worker import metrics
+
+    metrics.NUMERICS.labels(
+        settings.precision, settings.vocoder_precision, str(torch.get_num_threads())
+    ).set(1)
     asyncio.run(serve(settings, models))
     return 0
 
@@ -179,7 +203,7 @@ def _metrics_problem(port: int, timeout: float) -> str | None:
 
 def health(args: argparse.Namespace) -> int:
     """Container health check of one replica: exit 0 when its Redis heartbeat exists (it expires
-    after --claim_idle_ms, so a replica whose event loop is stuck turns unhealthy) and/or its
+    after --heartbeat_ttl_ms, so a replica whose event loop is stuck turns unhealthy) and/or its
     metrics port answers; 1 otherwise. `--wait N` keeps checking for N seconds."""
     import time
 

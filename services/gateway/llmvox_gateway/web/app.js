@@ -5,6 +5,7 @@
 // (browser tests read it); view.js redraws the DOM from it, coalesced to one redraw per tick.
 
 import { GatewayConnection, gatewayUrl } from './connection.js';
+import { HandsFree } from './hands-free.js';
 import { INPUT_SAMPLE_RATE, Microphone } from './microphone.js';
 import { decodeAudioFrame, Player } from './player.js';
 import { View } from './view.js';
@@ -16,6 +17,7 @@ const state = {
   connection: 'connecting', // connecting | open | closed (retrying) | refused (bad API key)
   connected: false,
   closeCode: null,
+  retry: null, // {code?, reason?, retryInMs?, attempt}: the last connection change, for the status line
   session: null, // the server's session object (session.created / session.updated)
   ttsUntrained: false,
   capturing: false,
@@ -256,6 +258,8 @@ function onPlayerStats(stats) {
 function onConnectionState(connectionState, detail) {
   state.connection = connectionState;
   state.connected = connectionState === 'open';
+  // Shown in the status line: when the next try is and how many came before it.
+  state.retry = detail ?? null;
   if (connectionState === 'closed' || connectionState === 'refused') {
     state.closeCode = detail?.code ?? null;
     state.session = null;
@@ -372,6 +376,7 @@ function stopResponse() {
   player.resume();
   const running = activeTurns().length > 0;
   cutPlayback();
+  handsFree.cancel(); // its answers run on its own connection
   if (running) {
     connection.send({ type: 'response.cancel' });
   }
@@ -400,6 +405,8 @@ const view = new View(document);
 const ui = view.elements;
 const player = new Player({ onStats: onPlayerStats });
 const microphone = new Microphone({ onChunk: onMicChunk });
+// Hands-free (/v1/realtime, server-side turn detection): its own socket and microphone.
+const handsFree = new HandsFree({ state, player, newTurn, addError, onChange: scheduleRender, document });
 const connection = new GatewayConnection(gatewayUrl(), {
   onState: onConnectionState,
   onEvent: (event) => {

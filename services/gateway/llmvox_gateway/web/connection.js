@@ -1,5 +1,6 @@
 // The gateway's WebSocket (/v1/ws, docs/gateway.md): JSON events both ways, binary audio frames
-// both ways. Reconnects with a growing delay after the socket closes.
+// both ways. Reconnects with a growing delay after the socket closes (the gateway restarted, the
+// network dropped): 0.5 s, 1 s, 2 s, ... up to 8 s, back to 0.5 s once a session starts again.
 
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 8000;
@@ -20,7 +21,8 @@ export class GatewayConnection {
   /**
    * @param {string} url
    * @param {{
-   *   onState: (state: 'connecting'|'open'|'closed'|'refused', detail?: {code: number, reason: string}) => void,
+   *   onState: (state: 'connecting'|'open'|'closed'|'refused',
+   *             detail?: {code?: number, reason?: string, retryInMs?: number, attempt: number}) => void,
    *   onEvent: (event: object) => void,
    *   onAudio: (frame: ArrayBuffer, delta: object|null) => void,
    * }} handlers
@@ -32,13 +34,14 @@ export class GatewayConnection {
     this.onAudio = onAudio;
     this.socket = null;
     this.retryMs = RECONNECT_MIN_MS;
+    this.attempt = 0; // reconnection attempts since the last session started
     // A binary frame belongs to the last `response.audio.delta` event before it.
     this.lastAudioDelta = null;
     this.sessionStarted = false; // on the current socket
   }
 
   connect() {
-    this.onState('connecting');
+    this.onState('connecting', { attempt: this.attempt });
     const socket = new WebSocket(this.url);
     socket.binaryType = 'arraybuffer';
     this.socket = socket;
@@ -54,7 +57,16 @@ export class GatewayConnection {
       // Refused at the door by policy (a missing or wrong API key): asking again cannot help.
       // Later policy closes (a client that fell behind) and 1013 (busy) are worth a retry.
       const refused = event.code === WS_POLICY && !this.sessionStarted;
-      this.onState(refused ? 'refused' : 'closed', { code: event.code, reason: event.reason });
+      const retryInMs = refused ? undefined : this.retryMs;
+      if (!refused) {
+        this.attempt += 1;
+      }
+      this.onState(refused ? 'refused' : 'closed', {
+        code: event.code,
+        reason: event.reason,
+        retryInMs,
+        attempt: this.attempt,
+      });
       if (!refused) {
         setTimeout(() => this.connect(), this.retryMs);
         this.retryMs = Math.min(this.retryMs * 2, RECONNECT_MAX_MS);
@@ -82,6 +94,7 @@ export class GatewayConnection {
       // Not on open: a server that accepts and then refuses (busy) must not be asked every 0.5 s.
       this.sessionStarted = true;
       this.retryMs = RECONNECT_MIN_MS;
+      this.attempt = 0;
     }
     this.onEvent(event);
   }

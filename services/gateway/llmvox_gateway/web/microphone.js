@@ -6,9 +6,13 @@ export const INPUT_SAMPLE_RATE = 16000;
 const FLUSH_TIMEOUT_MS = 1000;
 
 export class Microphone {
-  /** @param {{onChunk: (pcm: ArrayBuffer, peak: number) => void}} options */
-  constructor({ onChunk }) {
+  /**
+   * @param {{onChunk: (pcm: ArrayBuffer, peak: number) => void, targetRate?: number}} options
+   * `targetRate`: the PCM16 rate of the chunks (16 kHz for /v1/ws, 24 kHz for /v1/realtime).
+   */
+  constructor({ onChunk, targetRate = INPUT_SAMPLE_RATE }) {
     this.onChunk = onChunk;
+    this.targetRate = targetRate;
     this.stream = null;
     this.context = null;
     this.node = null;
@@ -33,7 +37,7 @@ export class Microphone {
         numberOfOutputs: 1,
         channelCount: 1,
         channelCountMode: 'explicit',
-        processorOptions: { targetRate: INPUT_SAMPLE_RATE },
+        processorOptions: { targetRate: this.targetRate },
       });
       this.node.port.onmessage = (event) => this.onMessage(event.data);
       this.context.createMediaStreamSource(this.stream).connect(this.node);

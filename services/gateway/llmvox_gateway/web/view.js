@@ -5,9 +5,13 @@ import { OUTPUT_SAMPLE_RATE } from './player.js';
 const MAX_TURNS_SHOWN = 20;
 
 const CONNECTION_TEXT = {
-  connecting: () => 'connecting…',
+  connecting: (_code, retry) => (retry?.attempt ? `reconnecting… (attempt ${retry.attempt})` : 'connecting…'),
   open: () => 'connected',
-  closed: (code) => `disconnected${code ? ` (${code})` : ''} — retrying`,
+  closed: (code, retry) =>
+    `disconnected${code ? ` (${code})` : ''} — ` +
+    (retry?.retryInMs !== undefined
+      ? `reconnecting in ${(retry.retryInMs / 1000).toFixed(1)} s (attempt ${retry.attempt})`
+      : 'retrying'),
   refused: () => 'refused (API key?) — reload with ?api_key=…',
 };
 
@@ -47,7 +51,7 @@ export class View {
 
   render(state, { playerRunning }) {
     const ui = this.elements;
-    ui.connection.textContent = CONNECTION_TEXT[state.connection](state.closeCode);
+    ui.connection.textContent = CONNECTION_TEXT[state.connection](state.closeCode, state.retry);
     ui.connection.dataset.state = state.connection;
     ui.sessionId.textContent = state.session?.id ? `session ${state.session.id}` : '';
     ui.untrained.hidden = !state.ttsUntrained;

@@ -35,6 +35,9 @@ class ChatAdapter(ABC):
     chat_type: str = "text"
     takes_images: bool = False
     takes_audio: bool = False
+    # Whether calls may share decode steps (continuous batching): needs prompts that are plain
+    # token ids and no per-call state on the model (Qwen-VL keeps its rotary offsets there).
+    supports_batching: bool = False
 
     def __init__(self, options: LoadOptions) -> None:
         self.options = options

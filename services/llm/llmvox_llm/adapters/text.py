@@ -23,6 +23,7 @@ _FALLBACK_TEMPLATE = (
 
 class TextAdapter(ChatAdapter):
     chat_type = "text"
+    supports_batching = True
 
     def load(self) -> None:
         source = self.options.source

@@ -20,6 +20,52 @@ from ..constants import LOSS_IGNORE_INDEX
 from .attention import causal_attention
 from .kv_cache import KVCache, StepIndex
 
+# Batch invariance of the serving path (decode_step): a sequence's logits must be bit-for-bit the
+# same whichever other sequences share its step, so that a job regenerated on another replica
+# (after a crash) reproduces the tokens already sent. BLAS picks a matmul kernel, and with it a
+# summation order, by the operands' shapes, so a row's result would depend on how many rows run
+# with it and on the longest sequence among them. Hence every matmul in decode_step has a shape
+# that does not depend on the batch: linear layers run ROW_TILE rows at a time (the last tile
+# padded with zeros), and attention runs over KEY_BLOCK key positions at a time, the blocks
+# summed in order (blocks beyond a row's length add exact zeros). docs/tts-pool.md has the cost.
+ROW_TILE = 16
+KEY_BLOCK = 64
+
+
+def rows_in_tiles(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` for x (N, in), computed in matmuls of ROW_TILE rows each."""
+    if getattr(layer, "batch_invariant", False):
+        # model/precision.py's Int8Linear: exact integer sums, the same whatever the batch.
+        return layer(x)
+    n = x.shape[0]
+    padded = -(-n // ROW_TILE) * ROW_TILE
+    if padded != n:
+        x = torch.cat([x, x.new_zeros((padded - n, *x.shape[1:]))])
+    tiles = [layer(x[i : i + ROW_TILE]) for i in range(0, padded, ROW_TILE)]
+    return (tiles[0] if len(tiles) == 1 else torch.cat(tiles))[:n]
+
+
+def blocked_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor
+) -> torch.Tensor:
+    """One query per row over KEY_BLOCK-sized blocks of keys: q (N, H, hd); keys, values
+    (N, H, span, hd) with span a multiple of KEY_BLOCK; visible (N, span). Returns (N, H, hd)."""
+    n, h, span, hd = keys.shape
+    blocks = span // KEY_BLOCK
+    kb = keys.reshape(n, h, blocks, KEY_BLOCK, hd)
+    vb = values.reshape(n, h, blocks, KEY_BLOCK, hd)
+    # (N, H, blocks, 1, hd) @ (N, H, blocks, hd, KEY_BLOCK): one (1 x hd) @ (hd x KEY_BLOCK)
+    # product per block, whatever the span.
+    scores = torch.matmul(q[:, :, None, None, :], kb.transpose(-1, -2)).reshape(n, h, span)
+    scores = scores * (1.0 / math.sqrt(hd))
+    scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
+    weights = scores.softmax(dim=-1).reshape(n, h, blocks, 1, KEY_BLOCK)
+    parts = torch.matmul(weights, vb)  # (N, H, blocks, 1, hd)
+    y = parts[:, :, 0, 0]
+    for block in range(1, blocks):  # in order: a sum whose grouping depends on nothing else
+        y = y + parts[:, :, block, 0]
+    return y
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -95,37 +141,42 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def decode(
-        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: StepIndex
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        step: StepIndex,
+        visible: torch.Tensor,
     ) -> torch.Tensor:
-        """One new row per sequence: x (N, E); keys/values: this layer's cache (S, H, cap, hd)."""
-        q, k, v = self._heads(x)  # each (N, H, hd)
+        """One new row per sequence: x (N, E); keys/values: this layer's cache (S, H, cap, hd);
+        visible (N, span): the key positions each row attends to, span a multiple of
+        KEY_BLOCK (batch invariance, see ROW_TILE)."""
+        q, k, v = rows_in_tiles(self.c_attn, x).split(self.n_embd, dim=-1)
+        n, hd = x.shape[0], self.n_embd // self.n_head
+        q, k, v = (t.reshape(n, self.n_head, hd) for t in (q, k, v))
         k, v = k.to(keys.dtype), v.to(values.dtype)
-        n = x.shape[0]
         if step.contiguous and step.shared_position is not None:
             keys[:n, :, step.shared_position] = k
             values[:n, :, step.shared_position] = v
         else:
             keys[step.rows, :, step.positions] = k
             values[step.rows, :, step.positions] = v
+        span = visible.shape[-1]
+        taken = min(span, keys.shape[2])
         if step.contiguous:
-            k_all = keys[:n, :, : step.span]  # (N, H, span, hd), a view
-            v_all = values[:n, :, : step.span]
+            k_all = keys[:n, :, :taken]  # (N, H, taken, hd), a view
+            v_all = values[:n, :, :taken]
         else:
-            k_all = keys[step.rows, :, : step.span]  # gathered copy
-            v_all = values[step.rows, :, : step.span]
-        q = q.to(keys.dtype).unsqueeze(2)  # (N, H, 1, hd)
-        if x.device.type == "cuda":
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=step.visible)
-        else:
-            # One query per row: two small matmuls beat the fused CPU kernel, which
-            # parallelises over query blocks that do not exist when decoding.
-            scores = torch.matmul(q, k_all.transpose(-1, -2))  # (N, H, 1, span)
-            scores = scores * (1.0 / math.sqrt(q.shape[-1]))
-            if step.visible is not None:
-                scores = scores.masked_fill(~step.visible, float("-inf"))
-            y = torch.matmul(scores.softmax(dim=-1), v_all)  # (N, H, 1, hd)
-        y = y.to(x.dtype)
-        return self.c_proj(y.reshape(x.shape))
+            k_all = keys[step.rows, :, :taken]  # gathered copy
+            v_all = values[step.rows, :, :taken]
+        if taken < span:  # the cache is shorter than the last block: masked zeros fill it
+            pad = (0, 0, 0, span - taken)
+            k_all, v_all = F.pad(k_all, pad), F.pad(v_all, pad)
+        # One memory layout whatever the slots: BLAS also picks its kernel by the operands'
+        # strides, and a view of the cache has other strides than a gathered copy.
+        k_all, v_all = k_all.contiguous(), v_all.contiguous()
+        y = blocked_attention(q.to(keys.dtype), k_all, v_all, visible)
+        return rows_in_tiles(self.c_proj, y.to(x.dtype).reshape(x.shape))
 
 
 class MLP(nn.Module):
@@ -140,6 +191,10 @@ class MLP(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+    def project_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """`project` for decoding, batch-invariant (see ROW_TILE)."""
+        return rows_in_tiles(self.c_proj, F.gelu(rows_in_tiles(self.c_fc, x), approximate="tanh"))
 
 
 class Block(nn.Module):
@@ -226,11 +281,17 @@ class LLMVoXDecoder(nn.Module):
         """
         step = cache.prepare(slots, x.shape[0])
         h = x + self.transformer.wpe(step.positions)
+        # Keys attended over in whole blocks, masked per row, even for one sequence alone: the
+        # same operations whatever the batch (see ROW_TILE).
+        span = -(-step.span // KEY_BLOCK) * KEY_BLOCK
+        visible = torch.arange(span, device=x.device)[None, :] <= step.positions[:, None]
         for layer, block in enumerate(self.transformer.h):
-            h = h + block.attn.decode(block.ln_1(h), cache.keys[layer], cache.values[layer], step)
-            h = h + block.mlp.project(block.ln_2(h))
+            h = h + block.attn.decode(
+                block.ln_1(h), cache.keys[layer], cache.values[layer], step, visible
+            )
+            h = h + block.mlp.project_rows(block.ln_2(h))
         cache.advance(step)
-        return self.lm_head(self.transformer.ln_f(h))
+        return rows_in_tiles(self.lm_head, self.transformer.ln_f(h))
 
     def num_parameters(self, include_positions: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -38,3 +38,19 @@ TIME_TO_FIRST_PART = Histogram(
 )
 ERRORS = Counter("llmvox_tts_errors_total", "Jobs answered with an error part", ["kind"])
 JOBS_DONE = Counter("llmvox_tts_jobs_total", "Jobs finished", ["outcome"])
+JOBS_CLAIMED = Counter(
+    "llmvox_tts_jobs_claimed_total",
+    "Jobs taken over from another consumer: heartbeat_lapsed (its replica's heartbeat expired), "
+    "idle (pending longer than claim_idle_ms), restarted (this replica's own, from before a "
+    "restart under the same name)",
+    ["reason"],
+)
+REDIS_OUTAGES = Counter(
+    "llmvox_tts_redis_outages_total", "Times Redis became unreachable (one per outage)"
+)
+REDIS_UP = Gauge("llmvox_tts_redis_up", "1 while Redis answers this replica, 0 during an outage")
+NUMERICS = Gauge(
+    "llmvox_tts_numerics",
+    "1 for the numerics this replica runs: decoder and vocoder precision, CPU threads",
+    ["precision", "vocoder_precision", "threads"],
+)

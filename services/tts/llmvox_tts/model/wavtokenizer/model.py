@@ -93,6 +93,8 @@ class WavTokenizer(nn.Module):
 
     def backbone_forward(self, features: torch.Tensor, bandwidth_id: int = 0) -> torch.Tensor:
         """(B, C, L) features -> (B, L, dim), after the final LayerNorm."""
+        # The codebook stays float32 when the vocoder runs in bf16 (model/precision.py).
+        features = features.to(self.backbone.embed.weight.dtype)
         return self.backbone(features, int(bandwidth_id))
 
     def decode_features(self, features: torch.Tensor, bandwidth_id: int = 0) -> torch.Tensor:
