@@ -32,6 +32,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from results_file import write_report
 
 from llmvox_common._proto.llmvox.asr.v1 import asr_pb2, asr_pb2_grpc
 from llmvox_common._proto.llmvox.llm.v1 import llm_pb2, llm_pb2_grpc
@@ -218,10 +219,7 @@ def main() -> int:
             report["asr"] = bench_asr(channel, clips, args.repeats)
         with server(llm_cmd, llm_port, work / "llm.log") as channel:
             report["llm"] = bench_llm(channel, args.repeats, args.max_tokens)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"asr_llm-{report['time'].replace(':', '')}.json"
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report("asr_llm", report, args.out_dir)
     if args.json:
         print(json.dumps(report))
         return 0

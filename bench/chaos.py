@@ -44,6 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' stack and chaos helpers
 
+from results_file import write_report  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidHandshake  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
@@ -319,11 +320,7 @@ def main() -> int:
         "expected_parts_per_text": expected,
         **analyse(sessions, faults, expected, started),
     }
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S%z")
-    path = out_dir / f"chaos-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_report("chaos", report, args.out_dir)
     if args.json:
         print(json.dumps(report))
         return 0

@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_file import write_report
 from upstream_baseline import UpstreamStyleLoop
 
 from llmvox_tts.constants import HOP_LENGTH, SAMPLE_RATE
@@ -294,10 +295,7 @@ def main() -> int:
         "speedup_batch32_aggregate_fp32",
     ):
         report[key] = first[key]
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"decoder-{report['time'].replace(':', '')}.json"
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report("decoder", report, args.out_dir)
     if args.json:
         print(json.dumps(report))
     else:

@@ -37,6 +37,7 @@ from llmvox_common._proto.llmvox.llm.v1 import llm_pb2, llm_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from asr_llm import REPO, free_port, server, smollm2
+from results_file import write_report
 
 PROMPTS = (
     "Write a long story about a lighthouse keeper and a storm.",
@@ -172,10 +173,7 @@ def main() -> int:
             batched["aggregate_tokens_per_s"] / serial["aggregate_tokens_per_s"]
         )
         batched["ttft_p50_vs_one_at_a_time"] = batched["ttft_p50_s"] / serial["ttft_p50_s"]
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"llm_batching-{report['time'].replace(':', '')}.json"
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report("llm_batching", report, args.out_dir)
     if args.json:
         print(json.dumps(report))
         return 0

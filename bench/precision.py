@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from results_file import write_report
 from torch import nn
 
 from llmvox_tts.constants import EOA_TOKEN_ID, LOSS_IGNORE_INDEX, SAMPLE_RATE, TEXT_PAD_ID
@@ -349,10 +350,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"precision-{report['time'].replace(':', '')}.json"
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report("precision", report, args.out_dir)
     if args.json:
         print(json.dumps(report))
     else:

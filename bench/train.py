@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from results_file import write_report
 
 from llmvox_tts.model.gpt import GPTConfig, LLMVoXDecoder
 from llmvox_tts.training.trainer import TrainConfig, configure_optimizer, init_weights
@@ -105,10 +106,7 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "devices": [bench_device(torch.device(d), args) for d in devices],
     }
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"train-{report['time'].replace(':', '')}.json"
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report("train", report, args.out_dir)
     if args.json:
         print(json.dumps(report))
     else:

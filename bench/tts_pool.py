@@ -41,6 +41,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import torch
+from results_file import write_report
 
 from llmvox_tts.constants import (
     DEFAULT_INITIAL_DUMP_SIZE_1,
@@ -481,10 +482,7 @@ def main() -> int:
     first = report["devices"][0]
     report["speedup_32"] = first["speedup_32"]
     report["ttfp_ratio_32"] = first["ttfp_ratio_32"]
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"tts_pool-{report['time'].replace(':', '')}.json"
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report("tts_pool", report, args.out_dir)
     if args.json:
         print(json.dumps(report))
     else:

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from results_file import write_report
 from safetensors.torch import save_file
 
 from llmvox_tts.constants import DEFAULT_INITIAL_DUMP_SIZE_1, DEFAULT_MAX_DUMP_SIZE, SAMPLE_RATE
@@ -205,10 +206,7 @@ def main() -> int:
                         flush=True,
                     )
             report["runs"][numerics] = rows
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"tts_serving-{report['time'].replace(':', '')}.json"
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report("tts_serving", report, args.out_dir)
     if args.json:
         print(json.dumps(report))
     else:

@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import soxr
+from results_file import write_report
 
 from llmvox_common.audio import float_to_pcm16, read_wav
 from llmvox_gateway.realtime_audio import InputDecoder
@@ -113,11 +114,7 @@ def main() -> int:
     ):
         print(f"  {key:40s} {result[key]:8.3f}")
     print(f"  hands-free sessions per core            {result['sessions_per_core']:8d}")
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S%z")
-    path = out_dir / f"vad-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_report("vad", result, args.out_dir)
     print(f"wrote {path}")
     return 0
 
