@@ -232,7 +232,10 @@ def ws_speak(
 
 
 def ws_read_response(
-    socket: ClientConnection, *, on_first_audio: Callable[[], None] | None = None
+    socket: ClientConnection,
+    *,
+    on_created: Callable[[], None] | None = None,
+    on_first_audio: Callable[[], None] | None = None,
 ) -> WsResponse:
     events: list[dict[str, Any]] = []
     timed = Timed()
@@ -251,6 +254,8 @@ def ws_read_response(
             continue
         event = json.loads(message)
         events.append(event)
+        if event["type"] == "response.created" and on_created is not None:
+            on_created()
         if event["type"] == "response.audio.delta":
             parts.append((event["seq"], event["part"]))
         if event["type"] == "response.done":

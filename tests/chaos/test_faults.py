@@ -200,9 +200,9 @@ def _stream_with(
     client: str, base_url: str, started: threading.Event, fault: threading.Event
 ) -> Timed:
     """Stream LONGEST_TEXT's speech with one HTTP client library; `started` at its first audio,
-    after which it reads on only once `fault` is set: a client that does not read holds the turn
-    back (the body is awaited), so the turn is surely still running when the fault comes. What
-    the library raises when the stream breaks is kept in `Timed.error`."""
+    after which it reads on only once `fault` is set (after the fault, so what it reads then is
+    what the gateway had sent before the turn broke). What the library raises when the stream
+    breaks is kept in `Timed.error`."""
     timed = Timed()
 
     def got(chunk: bytes) -> None:
@@ -262,11 +262,14 @@ def test_redis_killed_mid_stream_fails_turns_visibly(healed: Chaos) -> None:
         ]
         for name in clients:
             assert started[name].wait(60), f"{name}: no audio before the fault"
-        # The WebSocket last, and Redis killed at its first audio: its turn (the longest text,
-        # seconds of synthesis) is still running then.
+        # The WebSocket last, and Redis killed as soon as its response exists: every turn is
+        # surely still running then (each HTTP one has just had the first of its ~100
+        # sentences). Killing later raced: a client that stops reading does not hold its turn
+        # back once loopback socket buffers (MBs) can take the whole answer, and fast decoding
+        # could finish the HTTP turns before the WebSocket's first audio.
         socket.send(json.dumps({"type": "llmvox.text.append", "text": LONGEST_TEXT}))
         socket.send(json.dumps({"type": "llmvox.text.commit"}))
-        threads.append(run("ws", lambda: ws_read_response(socket, on_first_audio=chaos.redis.kill)))
+        threads.append(run("ws", lambda: ws_read_response(socket, on_created=chaos.redis.kill)))
         threads[-1].join(timeout=90)
         fault.set()
         for thread in threads:
